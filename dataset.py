@@ -1,0 +1,129 @@
+"""CIFAR-10 batch files -> Lab tensors in memory -> training and validation batches."""
+import io
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from utils import UserError, rgb_to_lab
+
+CIFAR_FOLDER = 'cifar-10-batches-py'
+CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
+CIFAR_MD5 = 'c58f30108f718f92721af3b95e74349a'
+TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
+TEST_FILES = ('test_batch',)
+
+# What a CIFAR batch pickle may contain besides plain data: numpy arrays and their dtypes.
+# Anything else (os.system, builtins.eval, ...) is refused before it can run.
+_ALLOWED_GLOBALS = {
+    ('numpy', 'ndarray'),
+    ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'),
+    ('numpy._core.multiarray', 'scalar'),
+    ('_codecs', 'encode'),  # how protocol 2 stores bytes: str -> bytes, no side effects
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data and numpy arrays are allowed")
+
+
+def safe_unpickle(data):
+    """Unpickle bytes that may hold only plain data and numpy arrays."""
+    return _NumpyOnlyUnpickler(io.BytesIO(data), encoding='bytes').load()
+
+
+def read_batch_file(path):
+    """One CIFAR batch file -> (N, 32, 32, 3) uint8 RGB and (N,) int64 labels; names the file on error."""
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read the data batch {path} ({e.strerror or e})")
+    try:
+        batch = safe_unpickle(raw)
+    except Exception as e:
+        raise UserError(f"data batch {path} is corrupt, truncated or unsafe ({e}); "
+                        f"replace it with the file from the official CIFAR-10 archive")
+    data = batch.get(b'data') if isinstance(batch, dict) else None
+    labels = batch.get(b'labels') if isinstance(batch, dict) else None
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != 3 * 32 * 32 or labels is None or len(labels) != len(data)):
+        raise UserError(f"data batch {path} is not a CIFAR-10 batch (expected b'data' uint8 (N, 3072) "
+                        f"and N b'labels'); replace it with the file from the official archive")
+    rgb = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(rgb), np.asarray(labels, dtype=np.int64)
+
+
+def find_cifar_folder(data_path, download=True):
+    """The `cifar-10-batches-py` folder under `data_path` (or `data_path` itself); downloads the
+    official archive there when it is missing."""
+    for candidate in (os.path.join(data_path, CIFAR_FOLDER), data_path):
+        if os.path.isfile(os.path.join(candidate, 'test_batch')):
+            return candidate
+    how_to_fix = (f"put the folder {CIFAR_FOLDER}/ (data_batch_1..5, test_batch) from the official "
+                  f"archive {os.path.basename(CIFAR_URL)} under {data_path}, or point --data_path at it")
+    if not download:
+        raise UserError(f"no CIFAR-10 data in {data_path}: {how_to_fix}")
+    try:
+        from torchvision.datasets.utils import download_and_extract_archive
+        os.makedirs(data_path, exist_ok=True)
+        download_and_extract_archive(CIFAR_URL, download_root=data_path, md5=CIFAR_MD5)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"no CIFAR-10 data in {data_path} and the download failed ({reason}): {how_to_fix}")
+    folder = os.path.join(data_path, CIFAR_FOLDER)
+    if not os.path.isfile(os.path.join(folder, 'test_batch')):
+        raise UserError(f"the downloaded archive did not hold {CIFAR_FOLDER}/test_batch: {how_to_fix}")
+    return folder
+
+
+class LabImages:
+    """A whole split in memory: `lab` (N, 32, 32, 3) float32 in network scale, pixels last, so
+    that a gathered batch permuted to (B, 3, 32, 32) is already channels-last; `rgb`
+    (N, 32, 32, 3) uint8, the originals, for scores; `labels` (N,)."""
+
+    def __init__(self, rgb, labels):
+        self.rgb = rgb
+        self.labels = labels
+        self.lab = torch.from_numpy(rgb_to_lab(rgb, network_scale=True))
+
+    def __len__(self):
+        return len(self.lab)
+
+    def batches(self, batch_size, shuffle=False, flip=False, generator=None, device='cpu', start=0):
+        """Yield (indices, lab) batches on `device`: a random order and a random horizontal flip
+        (p = 0.5) for training, the fixed order for validation. `start` skips the first batches."""
+        n = len(self.lab)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        flips = torch.rand(n, generator=generator) < 0.5 if flip else None
+        for first in range(start * batch_size, n, batch_size):
+            idx = order[first:first + batch_size]
+            lab = self.lab[idx]
+            if flips is not None:
+                # (B, H, W, C): the width axis is 2
+                lab = torch.where(flips[first:first + batch_size, None, None, None], lab.flip(2), lab)
+            yield idx, lab.to(device, non_blocking=True).permute(0, 3, 1, 2)
+
+    def num_batches(self, batch_size):
+        return (len(self.lab) + batch_size - 1) // batch_size
+
+
+def load_split(data_path, train, download=True):
+    folder = find_cifar_folder(data_path, download=download)
+    files = TRAIN_FILES if train else TEST_FILES
+    parts = []
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise UserError(f"data batch {path} is missing: copy it from the official CIFAR-10 archive")
+        parts.append(read_batch_file(path))
+    rgb = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return LabImages(rgb, labels)

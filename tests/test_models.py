@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch import nn
+
+from models import Discriminator, Generator, init_weights
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+BN_PARAMS_DISC = 2 * (128 + 256 + 512)  # weight and bias of down2..down4's batch norms
+
+
+def test_parameter_counts_match_spec():
+    assert count(Generator('batch')) == 16_654_722
+    assert count(Discriminator('batch')) == 2_766_529
+    # instance norm has no parameters; spectral norm replaces the batch norms of down2..down4
+    bn_params_gen = sum(m.weight.numel() + m.bias.numel() for m in Generator('batch').modules()
+                        if isinstance(m, nn.BatchNorm2d))
+    assert count(Generator('instance')) == 16_654_722 - bn_params_gen
+    assert count(Discriminator('spectral')) == 2_766_529 - BN_PARAMS_DISC
+    assert count(Discriminator('instance')) == 2_766_529 - BN_PARAMS_DISC
+
+
+@pytest.mark.parametrize('norm', ['batch', 'instance'])
+def test_generator_maps_L_to_ab_in_range(norm):
+    G = Generator(norm)
+    ab = G(torch.randn(3, 1, 32, 32) * 3)
+    assert ab.shape == (3, 2, 32, 32)
+    assert ab.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize('norm', ['batch', 'instance', 'spectral'])
+def test_discriminator_gives_one_logit_per_image(norm):
+    scores = Discriminator(norm)(torch.randn(5, 3, 32, 32))
+    assert scores.shape == (5,)
+    # raw logits, not probabilities: the last layer is the convolution itself, and scores go below 0
+    D = Discriminator(norm).eval()  # eval: no power-iteration step between the two forwards
+    x = torch.randn(64, 3, 32, 32)
+    features = D.down4(D.down3(D.down2(D.down1(torch.nn.functional.interpolate(x, size=35, mode='bilinear', align_corners=True)))))
+    assert torch.allclose(D(x), D.final.model[0](features).flatten(), atol=1e-5)
+
+
+def test_state_dict_uses_the_reference_key_layout():
+    state = Generator('batch').state_dict()
+    assert state['down1.model.0.weight'].shape == (64, 1, 4, 4)
+    assert state['up1.model.0.weight'].shape == (512, 512, 4, 4)
+    assert state['final.model.0.weight'].shape == (2, 128, 1, 1)
+    assert state['final.model.0.bias'].shape == (2,)
+    for block in ['down1', 'down2', 'down3', 'down4', 'down5', 'up1', 'up2', 'up3', 'up4']:
+        for key in ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']:
+            assert f'{block}.model.1.{key}' in state
+
+
+def test_layer_geometry_follows_the_spec():
+    G = Generator()
+    sizes = {}
+    hooks = [getattr(G, name).register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[1:])))
+             for name in ['down1', 'down2', 'down3', 'down4', 'down5', 'up1', 'up2', 'up3', 'up4']]
+    G(torch.randn(2, 1, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert sizes == {'down1': (64, 32, 32), 'down2': (128, 16, 16), 'down3': (256, 8, 8), 'down4': (512, 4, 4),
+                     'down5': (512, 2, 2), 'up1': (512, 4, 4), 'up2': (256, 8, 8), 'up3': (128, 16, 16),
+                     'up4': (64, 32, 32)}
+    dropouts = [name for name, m in G.named_modules() if isinstance(m, nn.Dropout)]
+    assert [d.split('.')[0] for d in dropouts] == ['up1', 'up2']
+
+
+def test_weight_init_draws_from_the_spec_distributions():
+    torch.manual_seed(0)
+    G = init_weights(Generator('batch'))
+    conv = G.down4.model[0].weight
+    assert abs(conv.std().item() - 0.02) < 0.001 and abs(conv.mean().item()) < 0.001
+    bn = G.down4.model[1]
+    assert abs(bn.weight.mean().item() - 1.0) < 0.005 and abs(bn.weight.std().item() - 0.02) < 0.005
+    assert torch.all(bn.bias == 0)
+    default_bias = Generator('batch').down4.model[0].bias
+    assert G.down4.model[0].bias.abs().max() <= 1 / (256 * 16) ** 0.5 + 1e-6  # default bias bound kept
+    assert default_bias.std() > 0
+
+
+def test_weight_init_leaves_spectral_layers_at_their_defaults():
+    torch.manual_seed(0)
+    D = Discriminator('spectral')
+    before = D.down3.model[0].parametrizations.weight.original.clone()
+    init_weights(D)
+    assert torch.equal(D.down3.model[0].parametrizations.weight.original, before)
+    assert abs(D.down1.model[0].weight.std().item() - 0.02) < 0.003

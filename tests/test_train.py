@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import test as test_cli
+import train
+from conftest import ROOT, SHARED_DATA, smooth_images
+from models import Discriminator, Generator
+from utils import autocast_context, rgb_to_lab
+
+
+def fixed_batch(n=16):
+    return torch.from_numpy(rgb_to_lab(smooth_images(n, seed=5), network_scale=True)).permute(0, 3, 1, 2).contiguous()
+
+
+def models_and_optimizers(args):
+    torch.manual_seed(0)
+    G, D = Generator(args.gen_norm), Discriminator(args.disc_norm)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.base_lr_gen, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.base_lr_disc, betas=(0.5, 0.999))
+    return G, D, opt_g, opt_d, torch.amp.GradScaler('cpu', enabled=False)
+
+
+@pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])
+def test_a_few_steps_on_a_fixed_batch_lower_the_l1_loss(disc_norm):
+    args = train.parse_args(['--disc_norm', disc_norm])
+    G, D, opt_g, opt_d, scaler = models_and_optimizers(args)
+    lab = fixed_batch()
+    fp32 = autocast_context(torch.device('cpu'), 'fp32')
+    l1 = [train.gan_step(G, D, lab, args, opt_g, opt_d, scaler, fp32)[1].item() / len(lab) for _ in range(12)]
+    assert l1[-1] < 0.5 * l1[0]
+
+
+def test_the_generator_step_computes_no_gradients_for_the_discriminator():
+    args = train.parse_args([])
+    G, D, opt_g, opt_d, scaler = models_and_optimizers(args)
+    grads_computed = []
+    for p in D.parameters():
+        p.register_hook(lambda g: grads_computed.append(1))
+    train.gan_step(G, D, fixed_batch(4), args, opt_g, opt_d, scaler, autocast_context(torch.device('cpu'), 'fp32'))
+    # one gradient per D parameter: the discriminator's own step, none from the generator's
+    assert len(grads_computed) == len(list(D.parameters()))
+    assert all(p.requires_grad for p in D.parameters())
+
+
+def test_loss_values_follow_the_spec():
+    args = train.parse_args(['--smoothing', '0.8', '--l1_weight', '0.9'])
+    G, D, *_ = models_and_optimizers(args)
+    G.eval(), D.eval()
+    lab = fixed_batch(8)
+    stats = train.gan_step(G, D, lab, args, autocast=autocast_context(torch.device('cpu'), 'fp32'))
+    m = train.summarize(stats)
+    with torch.no_grad():
+        fake_ab = G(lab[:, :1])
+        fake = torch.cat([lab[:, :1], fake_ab], 1)
+        p_fake, p_real = torch.sigmoid(D(fake)), torch.sigmoid(D(lab))
+        g_adv = -torch.log(p_fake).mean()
+        l1 = (fake_ab - lab[:, 1:]).abs().mean()
+        d_loss = -(0.8 * torch.log(p_real) + 0.2 * torch.log(1 - p_real)).mean() - torch.log(1 - p_fake).mean()
+    assert m['g_adv'] == pytest.approx(g_adv.item(), rel=1e-4)
+    assert m['g_l1'] == pytest.approx(l1.item(), rel=1e-4)
+    assert m['g_loss'] == pytest.approx(0.1 * g_adv.item() + 0.9 * l1.item(), rel=1e-4)
+    assert m['d_loss'] == pytest.approx(d_loss.item(), rel=1e-4)
+    assert m['d_acc_real'] == pytest.approx((p_real > 0.5).float().mean().item())
+
+
+def run(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
+    ck, samples, out = str(tmp_path / 'ck'), str(tmp_path / 's'), str(tmp_path / 'out')
+    common = ['--data_path', tiny_cifar, '--save_path', ck, '--samples_path', samples, '--batch_size', '8',
+              '--save_freq', '2', '--precision', 'fp32']
+    r = run('train.py', *common, '--max_epoch', '2')
+    assert r.returncode == 0, r.stderr
+    assert '[epoch 1 train]' in r.stdout and '[epoch 1 val  ]' in r.stdout
+    assert sorted(os.listdir(ck)) == ['args.json', 'checkpoint_ep1.pt', 'log.csv']
+    assert sorted(os.listdir(samples)) == ['epoch_000.png', 'epoch_001.png']
+    ckpt = torch.load(os.path.join(ck, 'checkpoint_ep1.pt'), weights_only=True)
+    assert ckpt['epoch'] == 1 and ckpt['step'] == 20  # 80 images / 8 per batch * 2 epochs
+    assert ckpt['args']['batch_size'] == 8 and set(ckpt) >= {'generator', 'discriminator', 'opt_gen', 'opt_disc'}
+    assert json.load(open(os.path.join(ck, 'args.json')))['save_freq'] == 2
+    assert len(open(os.path.join(ck, 'log.csv')).read().strip().splitlines()) == 1 + 4
+
+    r = run('train.py', *common, '--max_epoch', '3', '--start_epoch', '2')
+    assert r.returncode == 0, r.stderr
+    resumed = torch.load(os.path.join(ck, 'checkpoint_ep2.pt'), weights_only=True)
+    assert resumed['step'] == 30 and resumed['epoch'] == 2
+    assert resumed['opt_gen']['state'][0]['step'].item() == 30  # Adam's state came along
+
+    r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', os.path.join(ck, 'checkpoint_ep1.pt'),
+            os.path.join(ck, 'checkpoint_ep2.pt'), '--labels', 'first', 'second', '--save_path', out,
+            '--batch_size', '10', '--precision', 'fp32')
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    assert set(metrics['checkpoints']) == {'first', 'second'} and metrics['images'] == 24
+    assert metrics['baseline']['colorfulness'] < 0.5
+    assert sorted(f for f in os.listdir(out) if f.endswith('.png')) == ['grid_000.png', 'grid_001.png']
+
+
+@pytest.mark.parametrize('flags, words', [
+    (['--l1_weight', '1.5'], '--l1_weight'),
+    (['--smoothing', '0'], '--smoothing'),
+    (['--batch_size', '0'], '--batch_size'),
+    (['--disc_norm', 'layer'], '--disc_norm'),
+    (['--base_lr_gen', '-1'], '--base_lr_gen'),
+    (['--start_epoch', '5', '--max_epoch', '3'], '--max_epoch'),
+])
+def test_a_bad_flag_ends_with_one_line(flags, words, tmp_path):
+    r = run('train.py', '--save_path', str(tmp_path / 'ck'), *flags)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
+
+
+def test_missing_data_ends_with_one_line(tmp_path, monkeypatch):
+    r = run('train.py', '--data_path', str(tmp_path / 'nothing'), '--save_path', str(tmp_path / 'ck'),
+            '--samples_path', str(tmp_path / 's'))
+    assert r.returncode != 0 and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and 'cifar-10-batches-py' in r.stderr
+
+
+def test_resuming_from_another_configuration_names_both(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    common = ['--data_path', tiny_cifar, '--save_path', ck, '--samples_path', str(tmp_path / 's'),
+              '--batch_size', '16', '--max_steps', '2', '--precision', 'fp32']
+    assert run('train.py', *common, '--disc_norm', 'spectral').returncode == 0
+    before = open(os.path.join(ck, 'checkpoint_ep0.pt'), 'rb').read()
+    r = run('train.py', *common, '--start_epoch', '1', '--max_epoch', '2')
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert '--disc_norm spectral' in r.stderr and '--disc_norm batch' in r.stderr
+    assert open(os.path.join(ck, 'checkpoint_ep0.pt'), 'rb').read() == before
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, 'cifar-10-batches-py')), reason='../shared/data absent')
+def test_short_run_on_real_cifar10(tmp_path):
+    r = run('train.py', '--data_path', SHARED_DATA, '--save_path', str(tmp_path / 'ck'), '--samples_path',
+            str(tmp_path / 's'), '--max_steps', '30', '--val_batches', '3')
+    assert r.returncode == 0, r.stderr
+    val = [l for l in r.stdout.splitlines() if l.startswith('[epoch 0 val')][0]
+    l1 = float(val.split('L1 ')[1].split()[0])
+    assert l1 < 0.16  # below an untrained generator's error after 30 steps
+    assert os.path.isfile(tmp_path / 's' / 'epoch_000.png')

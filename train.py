@@ -1,0 +1,258 @@
+"""Train the colorization GAN of Nazeri et al. (2018) on CIFAR-10.
+
+Each step: the generator updates first (adversarial BCE + L1 on ab), then the discriminator
+(BCE with one-sided label smoothing) on the same fake batch. Each epoch: a validation pass in eval
+mode, a sample grid, a CSV row per pass, and a checkpoint every --save_freq epochs.
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import utils
+from dataset import load_split
+from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, Discriminator, Generator, init_weights
+from utils import UserError, number_in
+
+# The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed.
+ARCHITECTURE_FLAGS = ('gen_norm', 'disc_norm')
+STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
+
+
+def parse_args(argv=None):
+    p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
+    positive = number_in(float, 0, None, low_open=True)
+    p.add_argument('--data_path', default='./data', help='where CIFAR-10 is, or is downloaded to (default: ./data)')
+    p.add_argument('--save_path', default='./checkpoints', help='checkpoints, args.json and log.csv (default: ./checkpoints)')
+    p.add_argument('--samples_path', default='samples/', help='per-epoch sample grids (default: samples/)')
+    p.add_argument('--save_freq', type=number_in(int, 1), default=5, help='checkpoint every N epochs, and after the last (default: 5)')
+    p.add_argument('--batch_size', type=number_in(int, 1), default=32, help='(default: 32)')
+    p.add_argument('--num_workers', type=number_in(int, 0), default=4,
+                   help='accepted for compatibility and unused: the data set lives in memory as tensors (default: 4)')
+    p.add_argument('--start_epoch', type=number_in(int, 0), default=0,
+                   help='>0: resume from checkpoint_ep{start_epoch-1}.pt in --save_path (default: 0)')
+    p.add_argument('--max_epoch', type=number_in(int, 1), default=200, help='(default: 200)')
+    p.add_argument('--smoothing', type=number_in(float, 0, 1, low_open=True), default=0.9,
+                   help='real label for the discriminator, in (0, 1]; 1 means no smoothing (default: 0.9)')
+    p.add_argument('--l1_weight', type=number_in(float, 0, 1), default=0.99,
+                   help='weight of L1 in the generator loss, in [0, 1] (default: 0.99)')
+    p.add_argument('--base_lr_gen', type=positive, default=3e-4, help='(default: 3e-4)')
+    p.add_argument('--base_lr_disc', type=positive, default=6e-5, help='(default: 6e-5)')
+    p.add_argument('--lr_decay_rate', type=positive, default=0.1, help='(default: 0.1)')
+    p.add_argument('--lr_decay_steps', type=positive, default=6e4, help='(default: 6e4)')
+    p.add_argument('--gen_norm', choices=GENERATOR_NORMS, default='batch', help='(default: batch)')
+    p.add_argument('--disc_norm', choices=DISCRIMINATOR_NORMS, default='batch', help='(default: batch)')
+    p.add_argument('--apply_weight_init', type=int, choices=(0, 1), default=0,
+                   help='1: N(0, 0.02) conv weights, N(1, 0.02) batch-norm weights (default: 0)')
+    p.add_argument('--max_steps', type=number_in(int, 1), default=None,
+                   help='stop after N optimizer steps, then validate, draw and checkpoint as at an epoch end')
+    p.add_argument('--val_batches', type=number_in(int, 1), default=None,
+                   help='validate on the first K test batches only (default: all)')
+    p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                   help='autocast precision; auto: bf16 where the hardware runs it natively, else fp32 (default: auto)')
+    p.add_argument('--seed', type=int, default=0, help='seeds weights, data order, flips and dropout (default: 0)')
+    args = p.parse_args(argv)
+    if args.max_epoch <= args.start_epoch:
+        p.error(f"--max_epoch {args.max_epoch} must be greater than --start_epoch {args.start_epoch}")
+    return args
+
+
+def bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
+
+
+def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None):
+    """One generator-then-discriminator step on a Lab batch (or, with no optimizers, the same
+    losses without updates). Returns the batch's sums of STAT_NAMES as one device tensor, so the
+    caller syncs with the host only when it wants to show them."""
+    L, ab = lab[:, :1], lab[:, 1:]
+    training = opt_g is not None
+    with autocast:
+        fake_ab = G(L)
+        fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+        if training:
+            D.requires_grad_(False)  # the generator's step needs no gradients for D's weights
+        g_adv = bce(D(fake), 1.0)
+        g_l1 = (ab - fake_ab.float()).abs().mean()
+        g_loss = (1 - args.l1_weight) * g_adv + args.l1_weight * g_l1
+    if training:
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(g_loss).backward()
+        scaler.step(opt_g)
+        D.requires_grad_(True)
+    with autocast:
+        real_logits = D(lab)
+        fake_logits = D(fake.detach())
+        d_loss = bce(real_logits, args.smoothing) + bce(fake_logits, 0.0)
+    if training:
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(d_loss).backward()
+        scaler.step(opt_d)
+        scaler.update()
+    n = lab.shape[0]
+    return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
+                        (real_logits.detach() > 0).sum().float(), (fake_logits.detach() <= 0).sum().float(),
+                        torch.tensor(float(n), device=lab.device)])
+
+
+def summarize(sums):
+    s = dict(zip(STAT_NAMES, sums.tolist()))
+    n = max(s['images'], 1)
+    return {'g_adv': s['g_adv'] / n, 'g_l1': s['g_l1'] / n, 'g_loss': s['g_loss'] / n, 'd_loss': s['d_loss'] / n,
+            'd_acc': (s['real_correct'] + s['fake_correct']) / (2 * n), 'd_acc_real': s['real_correct'] / n,
+            'd_acc_fake': s['fake_correct'] / n, 'images': int(s['images'])}
+
+
+def summary_line(epoch, phase, m, seconds):
+    return (f"[epoch {epoch} {phase:5s}] G adv {m['g_adv']:.4f}  L1 {m['g_l1']:.4f}  total {m['g_loss']:.4f} | "
+            f"D loss {m['d_loss']:.4f}  acc {m['d_acc']:.3f} (real {m['d_acc_real']:.3f}, fake {m['d_acc_fake']:.3f}) | "
+            f"{m['images']} images, {seconds:.0f} s, {m['images'] / max(seconds, 1e-9):.0f} img/s")
+
+
+@torch.no_grad()
+def validate(G, D, test_set, args, device, autocast):
+    """Losses and accuracies over the test set (or its first --val_batches batches) in eval mode,
+    and the sample grid rows of the first batch."""
+    G.eval(), D.eval()
+    sums = torch.zeros(len(STAT_NAMES), device=device)
+    grid_rows = None
+    batches = test_set.batches(args.batch_size, device=device)
+    total = min(test_set.num_batches(args.batch_size), args.val_batches or float('inf'))
+    for i, (idx, lab) in enumerate(tqdm(batches, total=total, desc='validate', leave=False, dynamic_ncols=True)):
+        if i >= total:
+            break
+        sums += gan_step(G, D, lab, args, autocast=autocast)
+        if grid_rows is None:
+            with autocast:
+                fake_ab = G(lab[:20, :1])
+            L = lab[:20, :1]
+            grid_rows = [test_set.rgb[idx[:20].numpy()], utils.network_to_rgb(L, torch.zeros_like(fake_ab)),
+                         utils.network_to_rgb(L, fake_ab)]
+    G.train(), D.train()
+    return sums, grid_rows
+
+
+def checkpoint_path(save_path, epoch):
+    return os.path.join(save_path, f'checkpoint_ep{epoch}.pt')
+
+
+def resume_from(path, args, G, D, opt_g, opt_d, scaler):
+    ckpt = utils.load_checkpoint(path)
+    saved = ckpt.get('args', {}) if isinstance(ckpt, dict) else {}
+    if not isinstance(ckpt, dict) or 'generator' not in ckpt or 'discriminator' not in ckpt:
+        raise UserError(f"{path} is not a training checkpoint of this tool (no generator and discriminator)")
+    clashes = [f for f in ARCHITECTURE_FLAGS if f in saved and saved[f] != getattr(args, f)]
+    if clashes:
+        theirs = ' '.join(f"--{f} {saved[f]}" for f in clashes)
+        ours = ' '.join(f"--{f} {getattr(args, f)}" for f in clashes)
+        raise UserError(f"checkpoint {path} was trained with {theirs}, but this run has {ours}; "
+                        f"resume with the checkpoint's flags or start a new --save_path")
+    try:
+        G.load_state_dict(ckpt['generator'])
+        D.load_state_dict(ckpt['discriminator'])
+        opt_g.load_state_dict(ckpt['opt_gen'])
+        opt_d.load_state_dict(ckpt['opt_disc'])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"checkpoint {path} does not fit this configuration "
+                        f"({str(e).strip().splitlines()[0]}); resume with the flags it was trained with")
+    if ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    if 'rng' in ckpt:
+        torch.set_rng_state(ckpt['rng'])
+    return ckpt['epoch'], ckpt['step']
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = utils.pick_device(args.device)
+    precision = utils.resolve_precision(args.precision, device)
+    autocast = utils.autocast_context(device, precision)
+    utils.check_writable_folder(args.save_path, '--save_path')
+    utils.check_writable_folder(args.samples_path, '--samples_path')
+    resume_path = checkpoint_path(args.save_path, args.start_epoch - 1) if args.start_epoch > 0 else None
+    if resume_path and not os.path.isfile(resume_path):
+        raise UserError(f"--start_epoch {args.start_epoch} resumes from {resume_path}, which does not exist")
+
+    torch.manual_seed(args.seed)
+    G = Generator(args.gen_norm)
+    D = Discriminator(args.disc_norm)
+    if args.apply_weight_init:
+        init_weights(G), init_weights(D)
+    G.to(device), D.to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.base_lr_gen, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.base_lr_disc, betas=(0.5, 0.999))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
+    step = 0
+    if resume_path:
+        _, step = resume_from(resume_path, args, G, D, opt_g, opt_d, scaler)
+
+    run_info = dict(vars(args), device=str(device), resolved_precision=precision)
+    print('options: ' + json.dumps(run_info, sort_keys=True))
+    train_set = load_split(args.data_path, train=True)
+    test_set = load_split(args.data_path, train=False)
+    utils.write_json(os.path.join(args.save_path, 'args.json'), run_info)
+    print(f"data: {len(train_set)} training and {len(test_set)} test images; device {device}, precision {precision}")
+    log_path = os.path.join(args.save_path, 'log.csv')
+    G.train(), D.train()
+
+    for epoch in range(args.start_epoch, args.max_epoch):
+        # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
+        order = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        n_batches = train_set.num_batches(args.batch_size)
+        sums = torch.zeros(len(STAT_NAMES), device=device)
+        started = time.time()
+        bar = tqdm(train_set.batches(args.batch_size, shuffle=True, flip=True, generator=order, device=device),
+                   total=n_batches, desc=f'epoch {epoch}', dynamic_ncols=True)
+        for i, (_, lab) in enumerate(bar):
+            step += 1
+            for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
+                for group in opt.param_groups:
+                    group['lr'] = utils.learning_rate(base, step, args.lr_decay_rate, args.lr_decay_steps)
+            sums += gan_step(G, D, lab, args, opt_g, opt_d, scaler, autocast)
+            if i % 20 == 0 or i == n_batches - 1:
+                m = summarize(sums)
+                bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
+                                    f"acc {m['d_acc']:.2f} {m['images'] / (time.time() - started):.0f} img/s")
+            if args.max_steps and step >= args.max_steps:
+                break
+        bar.close()
+        stopping = bool(args.max_steps and step >= args.max_steps)
+        train_seconds = time.time() - started
+        train_m = summarize(sums)
+        print(summary_line(epoch, 'train', train_m, train_seconds))
+
+        started = time.time()
+        val_sums, grid_rows = validate(G, D, test_set, args, device, autocast)
+        val_seconds = time.time() - started
+        val_m = summarize(val_sums)
+        print(summary_line(epoch, 'val', val_m, val_seconds))
+
+        grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
+        utils.write_image(grid_path, utils.image_grid(grid_rows, border=6, scale=2.2))
+        lr_now = {'lr_gen': opt_g.param_groups[0]['lr'], 'lr_disc': opt_d.param_groups[0]['lr']}
+        for phase, m, seconds in (('train', train_m, train_seconds), ('val', val_m, val_seconds)):
+            utils.append_csv_row(log_path, dict(epoch=epoch, step=step, phase=phase, **m, seconds=round(seconds, 2), **lr_now))
+
+        last = stopping or epoch == args.max_epoch - 1
+        if (epoch + 1) % args.save_freq == 0 or last:
+            path = checkpoint_path(args.save_path, epoch)
+            utils.save_checkpoint(path, {
+                'generator': G.state_dict(), 'discriminator': D.state_dict(),
+                'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(),
+                'scaler': scaler.state_dict() if scaler.is_enabled() else {},
+                'epoch': epoch, 'step': step, 'args': vars(args), 'rng': torch.get_rng_state(),
+            })
+            print(f"saved {path} and {grid_path}")
+        if stopping:
+            print(f"stopped after --max_steps {args.max_steps} steps")
+            break
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(utils.run_cli(main))
