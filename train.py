@@ -4,8 +4,10 @@ Each step: the generator updates first (adversarial BCE + L1 on ab), then the di
 (BCE with one-sided label smoothing) on the same fake batch. Each epoch: a validation pass in eval
 mode, a sample grid, a CSV row per pass, and a checkpoint every --save_freq epochs.
 """
+import copy
 import json
 import os
+import signal
 import sys
 import time
 
@@ -20,6 +22,7 @@ from utils import UserError, number_in
 
 # The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed.
 ARCHITECTURE_FLAGS = ('gen_norm', 'disc_norm')
+STEP_CHECKPOINTS_KEPT = 3
 STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
 
 
@@ -55,11 +58,30 @@ def parse_args(argv=None):
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
                    help='autocast precision; auto: bf16 where the hardware runs it natively, else fp32 (default: auto)')
+    p.add_argument('--ema_decay', type=number_in(float, 0, 1, high_open=True), default=0.999,
+                   help="the generator that is validated and saved averages the trained weights with this decay, "
+                        "warmed up over the first steps; 0: use the trained weights as they are (default: 0.999)")
+    p.add_argument('--resume', metavar='PATH|latest',
+                   help='resume from this checkpoint, or from the newest one in --save_path')
+    p.add_argument('--save_steps', type=number_in(int, 1), default=None,
+                   help=f'also checkpoint every N steps, keeping the newest {STEP_CHECKPOINTS_KEPT} (default: off)')
+    p.add_argument('--nan_policy', choices=('stop', 'skip'), default='stop',
+                   help='on a NaN or infinite loss: stop (keeping the last good checkpoint) or skip the step (default: stop)')
     p.add_argument('--seed', type=int, default=0, help='seeds weights, data order, flips and dropout (default: 0)')
     args = p.parse_args(argv)
     if args.max_epoch <= args.start_epoch:
         p.error(f"--max_epoch {args.max_epoch} must be greater than --start_epoch {args.start_epoch}")
     return args
+
+
+class NonFiniteLoss(ArithmeticError):
+    pass
+
+
+def check_finite(name, loss):
+    # On a CPU this costs nothing; the fp16 gradient scaler handles overflow on its own.
+    if loss.device.type == 'cpu' and not torch.isfinite(loss):
+        raise NonFiniteLoss(f"the {name} loss is {loss.item()}")
 
 
 def bce(logits, target):
@@ -81,15 +103,19 @@ def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None
         g_l1 = (ab - fake_ab.float()).abs().mean()
         g_loss = (1 - args.l1_weight) * g_adv + args.l1_weight * g_l1
     if training:
-        opt_g.zero_grad(set_to_none=True)
-        scaler.scale(g_loss).backward()
-        scaler.step(opt_g)
-        D.requires_grad_(True)
+        try:
+            check_finite('generator', g_loss)
+            opt_g.zero_grad(set_to_none=True)
+            scaler.scale(g_loss).backward()
+            scaler.step(opt_g)
+        finally:
+            D.requires_grad_(True)
     with autocast:
         real_logits = D(lab)
         fake_logits = D(fake.detach())
         d_loss = bce(real_logits, args.smoothing) + bce(fake_logits, 0.0)
     if training:
+        check_finite('discriminator', d_loss)
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(d_loss).backward()
         scaler.step(opt_d)
@@ -114,6 +140,20 @@ def summary_line(epoch, phase, m, seconds):
             f"{m['images']} images, {seconds:.0f} s, {m['images'] / max(seconds, 1e-9):.0f} img/s")
 
 
+RECALIBRATION_IMAGES = 6400
+
+
+def inference_generator(G, G_ema, train_set, args, device, autocast):
+    """The generator to validate and save: the averaged weights (or the trained ones), with exact
+    batch-norm statistics over a fixed sample of training images (dropout off, as at test time)."""
+    G_eval = copy.deepcopy(G_ema if G_ema is not None else G)
+    order = torch.Generator().manual_seed(args.seed)
+    n = max(1, min(RECALIBRATION_IMAGES, len(train_set)) // args.batch_size)
+    batches = (lab[:, :1] for _, (_, lab) in zip(range(n), train_set.batches(
+        args.batch_size, shuffle=True, generator=order, device=device)))
+    return utils.recalibrate_batchnorm(G_eval, batches, autocast)
+
+
 @torch.no_grad()
 def validate(G, D, test_set, args, device, autocast):
     """Losses and accuracies over the test set (or its first --val_batches batches) in eval mode,
@@ -133,7 +173,7 @@ def validate(G, D, test_set, args, device, autocast):
             L = lab[:20, :1]
             grid_rows = [test_set.rgb[idx[:20].numpy()], utils.network_to_rgb(L, torch.zeros_like(fake_ab)),
                          utils.network_to_rgb(L, fake_ab)]
-    G.train(), D.train()
+    D.train()
     return sums, grid_rows
 
 
@@ -141,11 +181,20 @@ def checkpoint_path(save_path, epoch):
     return os.path.join(save_path, f'checkpoint_ep{epoch}.pt')
 
 
-def resume_from(path, args, G, D, opt_g, opt_d, scaler):
+def newest_checkpoint(save_path):
+    """The most recently written checkpoint in `save_path` (writes are atomic, so each is whole)."""
+    names = [n for n in os.listdir(save_path) if n.startswith('checkpoint_') and n.endswith('.pt')]
+    if not names:
+        raise UserError(f"--resume latest: no checkpoint in {save_path}; start without --resume")
+    return max((os.path.join(save_path, n) for n in names), key=os.path.getmtime)
+
+
+def resume_from(path, args, G, G_ema, D, opt_g, opt_d, scaler):
+    """Restore everything a checkpoint holds; returns (epoch, batches done in it, step)."""
     ckpt = utils.load_checkpoint(path)
-    saved = ckpt.get('args', {}) if isinstance(ckpt, dict) else {}
-    if not isinstance(ckpt, dict) or 'generator' not in ckpt or 'discriminator' not in ckpt:
+    if not isinstance(ckpt, dict) or not {'generator', 'generator_train', 'discriminator'} <= set(ckpt):
         raise UserError(f"{path} is not a training checkpoint of this tool (no generator and discriminator)")
+    saved = ckpt.get('args', {})
     clashes = [f for f in ARCHITECTURE_FLAGS if f in saved and saved[f] != getattr(args, f)]
     if clashes:
         theirs = ' '.join(f"--{f} {saved[f]}" for f in clashes)
@@ -153,7 +202,9 @@ def resume_from(path, args, G, D, opt_g, opt_d, scaler):
         raise UserError(f"checkpoint {path} was trained with {theirs}, but this run has {ours}; "
                         f"resume with the checkpoint's flags or start a new --save_path")
     try:
-        G.load_state_dict(ckpt['generator'])
+        G.load_state_dict(ckpt['generator_train'])
+        if G_ema is not None:
+            G_ema.load_state_dict(ckpt['generator'])
         D.load_state_dict(ckpt['discriminator'])
         opt_g.load_state_dict(ckpt['opt_gen'])
         opt_d.load_state_dict(ckpt['opt_disc'])
@@ -162,9 +213,31 @@ def resume_from(path, args, G, D, opt_g, opt_d, scaler):
                         f"({str(e).strip().splitlines()[0]}); resume with the flags it was trained with")
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
-    if 'rng' in ckpt:
-        torch.set_rng_state(ckpt['rng'])
-    return ckpt['epoch'], ckpt['step']
+    torch.set_rng_state(ckpt['rng'])
+    batches_done = ckpt.get('batches_done', 0)
+    if not batches_done:  # a finished epoch: go on with the next one
+        return ckpt['epoch'] + 1, 0, ckpt['step']
+    return ckpt['epoch'], batches_done, ckpt['step']
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: finish the current step, checkpoint, exit with 128 + the signal number.
+    A second signal interrupts at once."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.signal = signum
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv=None):
@@ -174,9 +247,13 @@ def main(argv=None):
     autocast = utils.autocast_context(device, precision)
     utils.check_writable_folder(args.save_path, '--save_path')
     utils.check_writable_folder(args.samples_path, '--samples_path')
-    resume_path = checkpoint_path(args.save_path, args.start_epoch - 1) if args.start_epoch > 0 else None
+    resume_path = args.resume
+    if args.resume == 'latest':
+        resume_path = newest_checkpoint(args.save_path)
+    elif args.start_epoch > 0 and not args.resume:
+        resume_path = checkpoint_path(args.save_path, args.start_epoch - 1)
     if resume_path and not os.path.isfile(resume_path):
-        raise UserError(f"--start_epoch {args.start_epoch} resumes from {resume_path}, which does not exist")
+        raise UserError(f"cannot resume: {resume_path} does not exist")
 
     torch.manual_seed(args.seed)
     G = Generator(args.gen_norm)
@@ -184,12 +261,16 @@ def main(argv=None):
     if args.apply_weight_init:
         init_weights(G), init_weights(D)
     G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).requires_grad_(False) if args.ema_decay > 0 else None
     opt_g = torch.optim.Adam(G.parameters(), lr=args.base_lr_gen, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.base_lr_disc, betas=(0.5, 0.999))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
-    step = 0
+    first_epoch, first_batch, step = args.start_epoch, 0, 0
     if resume_path:
-        _, step = resume_from(resume_path, args, G, D, opt_g, opt_d, scaler)
+        first_epoch, first_batch, step = resume_from(resume_path, args, G, G_ema, D, opt_g, opt_d, scaler)
+        print(f"resuming from {resume_path}: epoch {first_epoch}, batch {first_batch}, step {step}")
+    if first_epoch >= args.max_epoch:
+        raise UserError(f"the checkpoint is at epoch {first_epoch}, which --max_epoch {args.max_epoch} leaves no room for")
 
     run_info = dict(vars(args), device=str(device), resolved_precision=precision)
     print('options: ' + json.dumps(run_info, sort_keys=True))
@@ -200,58 +281,104 @@ def main(argv=None):
     log_path = os.path.join(args.save_path, 'log.csv')
     G.train(), D.train()
 
-    for epoch in range(args.start_epoch, args.max_epoch):
-        # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
-        order = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        n_batches = train_set.num_batches(args.batch_size)
-        sums = torch.zeros(len(STAT_NAMES), device=device)
-        started = time.time()
-        bar = tqdm(train_set.batches(args.batch_size, shuffle=True, flip=True, generator=order, device=device),
-                   total=n_batches, desc=f'epoch {epoch}', dynamic_ncols=True)
-        for i, (_, lab) in enumerate(bar):
-            step += 1
-            for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
-                for group in opt.param_groups:
-                    group['lr'] = utils.learning_rate(base, step, args.lr_decay_rate, args.lr_decay_steps)
-            sums += gan_step(G, D, lab, args, opt_g, opt_d, scaler, autocast)
-            if i % 20 == 0 or i == n_batches - 1:
-                m = summarize(sums)
-                bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
-                                    f"acc {m['d_acc']:.2f} {m['images'] / (time.time() - started):.0f} img/s")
-            if args.max_steps and step >= args.max_steps:
+    def save(path, epoch, batches_done):
+        G_eval = inference_generator(G, G_ema, train_set, args, device, autocast)
+        utils.save_checkpoint(path, {
+            'generator': G_eval.state_dict(), 'generator_train': G.state_dict(), 'discriminator': D.state_dict(),
+            'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(),
+            'scaler': scaler.state_dict() if scaler.is_enabled() else {},
+            'epoch': epoch, 'batches_done': batches_done, 'step': step, 'args': vars(args), 'rng': torch.get_rng_state(),
+        })
+        return G_eval
+
+    stop = StopRequest()
+    skipped = 0
+    try:
+        for epoch in range(first_epoch, args.max_epoch):
+            # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
+            order = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+            n_batches = train_set.num_batches(args.batch_size)
+            start_batch = first_batch if epoch == first_epoch else 0
+            sums = torch.zeros(len(STAT_NAMES), device=device)
+            started = time.time()
+            batches = train_set.batches(args.batch_size, shuffle=True, flip=True, generator=order, device=device,
+                                        start=start_batch)
+            bar = tqdm(batches, total=n_batches, initial=start_batch, desc=f'epoch {epoch}', dynamic_ncols=True)
+            batches_done = start_batch
+            for _, lab in bar:
+                step += 1
+                for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
+                    for group in opt.param_groups:
+                        group['lr'] = utils.learning_rate(base, step, args.lr_decay_rate, args.lr_decay_steps)
+                try:
+                    sums += gan_step(G, D, lab, args, opt_g, opt_d, scaler, autocast)
+                except NonFiniteLoss as e:
+                    if args.nan_policy == 'stop':
+                        raise UserError(f"{e} at step {step} (epoch {epoch}); training stopped, the last good "
+                                        f"checkpoint in {args.save_path} is kept: lower the learning rates or "
+                                        f"resume from it with --nan_policy skip")
+                    skipped += 1
+                    tqdm.write(f"step {step}: {e}; step skipped ({skipped} so far)")
+                if G_ema is not None:
+                    utils.ema_update(G_ema, G, utils.ema_decay(args.ema_decay, step))
+                batches_done += 1
+                if batches_done % 20 == 0 or batches_done == n_batches:
+                    m = summarize(sums)
+                    bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
+                                        f"acc {m['d_acc']:.2f} {m['images'] / (time.time() - started):.0f} img/s")
+                if stop.signal is not None:
+                    bar.close()
+                    path = os.path.join(args.save_path, f'checkpoint_step{step}.pt')
+                    save(path, epoch, batches_done)
+                    print(f"interrupted: saved {path} (epoch {epoch}, batch {batches_done} of {n_batches}); "
+                          f"continue with: python train.py --save_path {args.save_path} --resume {path} "
+                          f"(and this run's other flags)", file=sys.stderr)
+                    return 128 + stop.signal
+                if args.save_steps and step % args.save_steps == 0 and batches_done < n_batches:
+                    save(os.path.join(args.save_path, f'checkpoint_step{step}.pt'), epoch, batches_done)
+                    prune_step_checkpoints(args.save_path)
+                if args.max_steps and step >= args.max_steps:
+                    break
+            bar.close()
+            stopping = bool(args.max_steps and step >= args.max_steps)
+            train_seconds = time.time() - started
+            train_m = summarize(sums)
+            print(summary_line(epoch, 'train', train_m, train_seconds) + (f", {skipped} steps skipped" if skipped else ''))
+
+            started = time.time()
+            G_eval = inference_generator(G, G_ema, train_set, args, device, autocast)
+            val_sums, grid_rows = validate(G_eval, D, test_set, args, device, autocast)
+            val_seconds = time.time() - started
+            val_m = summarize(val_sums)
+            print(summary_line(epoch, 'val', val_m, val_seconds))
+
+            grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
+            utils.write_image(grid_path, utils.image_grid(grid_rows, border=6, scale=2.2))
+            lr_now = {'lr_gen': opt_g.param_groups[0]['lr'], 'lr_disc': opt_d.param_groups[0]['lr']}
+            for phase, m, seconds in (('train', train_m, train_seconds), ('val', val_m, val_seconds)):
+                utils.append_csv_row(log_path, dict(epoch=epoch, step=step, phase=phase, **m,
+                                                    seconds=round(seconds, 2), skipped_steps=skipped, **lr_now))
+
+            if (epoch + 1) % args.save_freq == 0 or stopping or epoch == args.max_epoch - 1:
+                # A run stopped by --max_steps inside an epoch saves it as mid-epoch, so resuming continues it.
+                done = batches_done if batches_done < n_batches else 0
+                path = checkpoint_path(args.save_path, epoch)
+                save(path, epoch, done)
+                print(f"saved {path} and {grid_path}")
+            if stopping:
+                print(f"stopped after --max_steps {args.max_steps} steps")
                 break
-        bar.close()
-        stopping = bool(args.max_steps and step >= args.max_steps)
-        train_seconds = time.time() - started
-        train_m = summarize(sums)
-        print(summary_line(epoch, 'train', train_m, train_seconds))
-
-        started = time.time()
-        val_sums, grid_rows = validate(G, D, test_set, args, device, autocast)
-        val_seconds = time.time() - started
-        val_m = summarize(val_sums)
-        print(summary_line(epoch, 'val', val_m, val_seconds))
-
-        grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
-        utils.write_image(grid_path, utils.image_grid(grid_rows, border=6, scale=2.2))
-        lr_now = {'lr_gen': opt_g.param_groups[0]['lr'], 'lr_disc': opt_d.param_groups[0]['lr']}
-        for phase, m, seconds in (('train', train_m, train_seconds), ('val', val_m, val_seconds)):
-            utils.append_csv_row(log_path, dict(epoch=epoch, step=step, phase=phase, **m, seconds=round(seconds, 2), **lr_now))
-
-        last = stopping or epoch == args.max_epoch - 1
-        if (epoch + 1) % args.save_freq == 0 or last:
-            path = checkpoint_path(args.save_path, epoch)
-            utils.save_checkpoint(path, {
-                'generator': G.state_dict(), 'discriminator': D.state_dict(),
-                'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(),
-                'scaler': scaler.state_dict() if scaler.is_enabled() else {},
-                'epoch': epoch, 'step': step, 'args': vars(args), 'rng': torch.get_rng_state(),
-            })
-            print(f"saved {path} and {grid_path}")
-        if stopping:
-            print(f"stopped after --max_steps {args.max_steps} steps")
-            break
+    finally:
+        stop.restore()
     return 0
+
+
+def prune_step_checkpoints(save_path):
+    """Keep the newest few step checkpoints; epoch checkpoints are never removed."""
+    steps = sorted((n for n in os.listdir(save_path) if n.startswith('checkpoint_step') and n.endswith('.pt')),
+                   key=lambda n: int(n[len('checkpoint_step'):-3]))
+    for name in steps[:-STEP_CHECKPOINTS_KEPT]:
+        os.remove(os.path.join(save_path, name))
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 
 import cv2
 import numpy as np
@@ -242,7 +243,9 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # torch warns about old pickle protocols: the error below says it all
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} cannot be loaded safely ({first_line}); "
@@ -306,3 +309,39 @@ def run_cli(main, argv=None):
     except UserError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         return 2
+
+
+# ---------------------------------------------------------------- the generator used for inference
+
+def ema_decay(decay, step):
+    """The averaging rate at `step`: warms up as (1 + step) / (10 + step), so that a short run
+    averages its last few dozen steps instead of keeping the random initialization."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def ema_update(average, model, decay):
+    torch._foreach_lerp_(list(average.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, input_batches, autocast=contextlib.nullcontext()):
+    """Replace batch-norm running statistics by exact averages over `input_batches`, computed
+    with the current weights and dropout off, as at test time. Momentum-averaged statistics lag
+    behind weights that still move fast, which costs eval mode accuracy."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.eval()
+    for m in norms:
+        m.train()
+    with autocast:
+        for x in input_batches:
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
