@@ -247,6 +247,7 @@ def main(argv=None):
     autocast = utils.autocast_context(device, precision)
     utils.check_writable_folder(args.save_path, '--save_path')
     utils.check_writable_folder(args.samples_path, '--samples_path')
+    utils.remove_torn_writes(args.save_path, 'checkpoint_')
     resume_path = args.resume
     if args.resume == 'latest':
         resume_path = newest_checkpoint(args.save_path)
@@ -345,8 +346,8 @@ def main(argv=None):
             train_m = summarize(sums)
             print(summary_line(epoch, 'train', train_m, train_seconds) + (f", {skipped} steps skipped" if skipped else ''))
 
-            started = time.time()
             G_eval = inference_generator(G, G_ema, train_set, args, device, autocast)
+            started = time.time()
             val_sums, grid_rows = validate(G_eval, D, test_set, args, device, autocast)
             val_seconds = time.time() - started
             val_m = summarize(val_sums)

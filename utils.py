@@ -4,6 +4,7 @@ import contextlib
 import csv
 import json
 import os
+import pickle
 import sys
 import tempfile
 import warnings
@@ -194,8 +195,13 @@ def _column_header(labels, column_width, offset, width):
 
 
 def write_image(path, rgb_uint8):
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb_uint8, cv2.COLOR_RGB2BGR)):
-        raise UserError(f"could not write the picture {path}: check that its folder is writable")
+    ok, encoded = cv2.imencode(os.path.splitext(str(path))[1] or '.png', cv2.cvtColor(rgb_uint8, cv2.COLOR_RGB2BGR))
+    try:
+        if not ok:
+            raise OSError(f"OpenCV cannot encode {path}")
+        atomic_write(str(path), lambda f: f.write(encoded.tobytes()))
+    except OSError as e:
+        raise UserError(f"could not write the picture {path} ({e}): check that its folder is writable")
 
 
 # ---------------------------------------------------------------- schedule
@@ -217,6 +223,9 @@ def atomic_write(path, write_fn, mode='wb'):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; these are ordinary outputs
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -228,6 +237,14 @@ def atomic_write(path, write_fn, mode='wb'):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_torn_writes(folder, prefix):
+    """Delete the temporary files that atomic_write leaves when a process dies mid-write."""
+    for name in os.listdir(folder):
+        if name.startswith('.' + prefix) and name.endswith('.tmp'):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
 
 
 def save_checkpoint(path, state):
@@ -246,9 +263,11 @@ def load_checkpoint(path):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # torch warns about old pickle protocols: the error below says it all
             return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"checkpoint {path} is corrupt, or holds objects other than tensors and plain data "
+                        f"(refused: loading them could run code); it is not a checkpoint of this tool")
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({first_line}); "
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
                         f"it is corrupt, truncated, or not a checkpoint of this tool")
 
 

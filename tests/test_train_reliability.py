@@ -93,23 +93,26 @@ def test_sigkill_at_random_moments_always_leaves_an_intact_checkpoint(tiny_cifar
     rng = random.Random(0)
     flags = ['--save_steps', '3', '--save_freq', '1']
     for attempt in range(3):
-        resume = ['--resume', 'latest'] if step_checkpoints(ck) or os.path.exists(os.path.join(ck, 'checkpoint_ep0.pt')) else []
-        proc = subprocess.Popen(train_cmd(tiny_cifar, ck, *flags, '--max_epoch', '100', *resume), cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        resume = ['--resume', 'latest'] if any(n.endswith('.pt') for n in listing(ck)) else []
         before = set(step_checkpoints(ck))
+        proc = subprocess.Popen(train_cmd(tiny_cifar, ck, *flags, '--max_epoch', '100', *resume), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # kill while a checkpoint is being written or just after: saves happen every 3 steps
-        wait_for(lambda: set(step_checkpoints(ck)) != before or any(n.startswith('.checkpoint') for n in listing(ck)), 120)
-        time.sleep(rng.uniform(0, 0.5))
+        wait_for(lambda: proc.poll() is not None or set(step_checkpoints(ck)) - before
+                 or any(n.startswith('.checkpoint') for n in listing(ck)), 120)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(rng.uniform(0, 2.0))
         proc.kill()
-        proc.wait()
+        proc.communicate()
         for name in listing(ck):
             if name.endswith('.pt'):
                 load(os.path.join(ck, name))  # every checkpoint on disk is whole
-    latest = load(max((os.path.join(ck, n) for n in listing(ck) if n.endswith('.pt')), key=os.path.getmtime))
-    last_epoch = latest['epoch'] + 1
-    r = run(train_cmd(tiny_cifar, ck, *flags, '--resume', 'latest', '--max_epoch', str(last_epoch + 1)))
+    saved = [os.path.join(ck, n) for n in listing(ck) if n.endswith('.pt')]
+    last_epoch = load(max(saved, key=os.path.getmtime))['epoch'] + 1 if saved else 0
+    r = run(train_cmd(tiny_cifar, ck, *flags, '--max_epoch', str(last_epoch + 1), *(['--resume', 'latest'] if saved else [])))
     assert r.returncode == 0, r.stderr
     assert load(os.path.join(ck, f'checkpoint_ep{last_epoch}.pt'))['step'] == 10 * (last_epoch + 1)
+    assert not [n for n in listing(ck) if n.endswith('.tmp')]  # torn writes' leftovers are cleared
 
 
 class _MakesAFile:

@@ -1,0 +1,188 @@
+import contextlib
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import colorize
+import utils
+from conftest import ROOT
+from models import Generator
+from test import load_generator
+
+FLAGS = ['--device', 'cpu', '--precision', 'fp32']
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """The same untrained generator as a train.py checkpoint and as a bare reference-layout state dict."""
+    folder = tmp_path_factory.mktemp('checkpoints')
+    torch.manual_seed(0)
+    G = Generator('batch')
+    full, bare = str(folder / 'checkpoint.pt'), str(folder / 'bare.pt')
+    torch.save({'generator': G.state_dict(), 'args': {'gen_norm': 'batch'}}, full)
+    torch.save(G.state_dict(), bare)
+    return full, bare
+
+
+def scene(width, height, seed, depth=np.uint8):
+    """A photo-like BGR picture: colour gradients, a few hard-edged shapes, a little noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    corners = rng.uniform(0, 1, (3, 3)).astype(np.float32)
+    image = corners[0] + np.multiply.outer(x / width, corners[1] - corners[0]) + \
+        np.multiply.outer(y / height, corners[2] - corners[0])
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.05, 0.25) * height
+        image[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32)
+    return np.rint(np.clip(image, 0, 1) * np.iinfo(depth).max).astype(depth)
+
+
+def lightness8(image):
+    """L in levels of 255 by OpenCV's 8-bit conversion (16-bit pictures rounded to 8 bits first)."""
+    if image.dtype == np.uint16:
+        image = np.rint(image / 257).astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_BGR2Lab)[..., 0].astype(int)
+
+
+def lightness_float(image):
+    """L in levels of 255 by OpenCV's float conversion of 8-bit pixels, rounded."""
+    return np.rint(cv2.cvtColor(image.astype(np.float32) / 255, cv2.COLOR_BGR2Lab)[..., 0] * 2.55)
+
+
+def chroma8(image):
+    if image.dtype == np.uint16:
+        image = np.rint(image / 257).astype(np.uint8)
+    return np.abs(cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_BGR2Lab)[..., 1:].astype(int) - 128)
+
+
+def test_a_mixed_folder_is_colorized_keeping_size_lightness_depth_and_alpha(checkpoints, tmp_path):
+    inputs, out = tmp_path / 'in', tmp_path / 'out'
+    inputs.mkdir()
+    pictures = {
+        'photo.jpg': scene(1920, 1080, seed=1),
+        'gray.png': cv2.cvtColor(scene(640, 480, seed=2), cv2.COLOR_BGR2GRAY),
+        'deep.png': scene(96, 64, seed=3, depth=np.uint16),
+        'alpha.png': np.dstack([scene(80, 60, seed=4), np.tile(np.linspace(0, 255, 80).astype(np.uint8), (60, 1))]),
+    }
+    for name, image in pictures.items():
+        assert cv2.imwrite(str(inputs / name), image)
+    (inputs / 'bad.png').write_bytes(np.random.default_rng(0).bytes(4000))
+
+    r = subprocess.run([sys.executable, 'colorize.py', '--checkpoint', checkpoints[0], str(inputs),
+                        '--output', str(out), *FLAGS], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    assert r.returncode == 1, r.stderr
+    reports = [line for line in r.stderr.splitlines() if 'bad.png' in line]
+    assert reports == [f"colorize.py: skipped {inputs / 'bad.png'}: cannot be read as an image"]
+    assert 'colorized 4 of 5 pictures' in r.stdout
+    assert sorted(os.listdir(out)) == sorted(pictures)  # no temporary files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in pictures:
+        before = cv2.imread(str(inputs / name), cv2.IMREAD_UNCHANGED)  # as decoded: JPEG is lossy
+        after = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert after.shape[:2] == before.shape[:2], name
+        assert after.dtype == before.dtype, name
+        assert os.stat(out / name).st_mode & 0o777 == 0o666 & ~umask, name  # not the temporary file's 0600
+        change = np.abs(lightness8(after) - lightness8(before))
+        if name.endswith('.jpg'):
+            # JPEG re-quantizes what it stores, even at quality 100 with full-resolution colour: a
+            # few percent of the pixels move by 2 or 3 levels (the exact pixels are checked below).
+            assert (change <= 1).mean() > 0.95 and change.max() <= 4, name
+        else:
+            assert change.max() <= 1, name
+        assert chroma8(after).max() >= 10, f"{name}: no colour was added"
+    assert cv2.imread(str(out / 'gray.png'), cv2.IMREAD_UNCHANGED).shape[2] == 3
+    with_alpha = cv2.imread(str(out / 'alpha.png'), cv2.IMREAD_UNCHANGED)
+    assert with_alpha.shape[2] == 4 and np.array_equal(with_alpha[..., 3], pictures['alpha.png'][..., 3])
+
+    # The pixels handed to the JPEG encoder keep the lightness within one level everywhere.
+    photo = str(inputs / 'photo.jpg')
+    picture = colorize.read_picture(photo, keep_original=False)
+    G = load_generator(checkpoints[0], torch.device('cpu'))
+    ab = colorize.predict_ab(G, [picture], torch.device('cpu'), contextlib.nullcontext())[0]
+    exact = colorize.stored(picture, colorize.colorize(picture, ab))
+    assert np.abs(lightness8(exact) - lightness8(cv2.imread(photo))).max() <= 1
+    assert np.abs(exact.astype(int) - cv2.imread(str(out / 'photo.jpg'))).max() <= 4
+
+
+def small_folder(folder):
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'colour.png'), scene(48, 40, seed=5))
+    cv2.imwrite(str(folder / 'gray.bmp'), cv2.cvtColor(scene(40, 32, seed=6), cv2.COLOR_BGR2GRAY))
+    return str(folder)
+
+
+def test_a_bare_state_dict_colorizes_as_the_checkpoint_holding_it(checkpoints, tmp_path):
+    inputs = small_folder(tmp_path / 'in')
+    for ck, out in zip(checkpoints, ('a', 'b')):
+        assert colorize.main(['--checkpoint', ck, inputs, '--output', str(tmp_path / out), *FLAGS]) == 0
+    for name in ('colour.png', 'gray.bmp'):
+        a = cv2.imread(str(tmp_path / 'a' / name), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / 'b' / name), cv2.IMREAD_UNCHANGED)
+        assert a is not None and np.array_equal(a, b)
+
+
+def test_compare_writes_input_grayscale_and_colorized_side_by_side(checkpoints, tmp_path):
+    inputs = small_folder(tmp_path / 'in')
+    out = tmp_path / 'out'
+    assert colorize.main(['--checkpoint', checkpoints[0], os.path.join(inputs, 'colour.png'),
+                          '--output', str(out), '--compare', *FLAGS]) == 0
+    assert sorted(os.listdir(out)) == ['colour.png', 'colour_compare.png']
+    source = cv2.imread(os.path.join(inputs, 'colour.png'))
+    result = cv2.imread(str(out / 'colour.png'))
+    picture = cv2.imread(str(out / 'colour_compare.png'))
+    h, w = source.shape[:2]
+    assert picture.shape == (h, 3 * w + 2 * 6, 3)
+    original, gap1, gray, gap2, colour = np.split(picture, [w, w + 6, 2 * w + 6, 2 * w + 12], axis=1)
+    assert (gap1 == 255).all() and (gap2 == 255).all()
+    assert np.array_equal(original, source)
+    assert (gray == gray[..., :1]).all()
+    # Measured with the float conversion: OpenCV's 8-bit one is itself off by up to 1.5 levels,
+    # which a pure gray cannot be nudged toward.
+    assert np.abs(lightness_float(gray) - lightness_float(source)).max() <= 1
+    assert np.array_equal(colour, result)
+
+
+@pytest.mark.parametrize('problem, words', [
+    ('no_checkpoint', 'missing.pt does not exist'),
+    ('empty_folder', 'no input images found'),
+    ('output_is_a_file', '--output .* cannot be written'),
+])
+def test_bad_setups_end_with_one_line_and_exit_code_2(problem, words, checkpoints, tmp_path, capsys):
+    inputs = small_folder(tmp_path / 'in')
+    ck, output = checkpoints[0], str(tmp_path / 'out')
+    if problem == 'no_checkpoint':
+        ck = str(tmp_path / 'missing.pt')
+    elif problem == 'empty_folder':
+        inputs = str(tmp_path / 'empty')
+        os.mkdir(inputs)
+    else:
+        open(output, 'w').close()
+    assert utils.run_cli(colorize.main, ['--checkpoint', ck, inputs, '--output', output, *FLAGS]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(words, lines[0]), lines
+
+
+def test_a_failed_write_is_reported_and_the_others_are_still_written(checkpoints, tmp_path, monkeypatch, capsys):
+    inputs, out = small_folder(tmp_path / 'in'), tmp_path / 'out'
+    atomic_write = utils.atomic_write
+
+    def disk_full_for_colour(path, write_fn, mode='wb'):
+        if os.path.basename(path) == 'colour.png':
+            raise OSError(28, 'No space left on device')
+        atomic_write(path, write_fn, mode)
+    monkeypatch.setattr(utils, 'atomic_write', disk_full_for_colour)
+    assert colorize.main(['--checkpoint', checkpoints[0], inputs, '--output', str(out), *FLAGS]) == 1
+    assert os.listdir(out) == ['gray.bmp']
+    assert f"skipped {os.path.join(inputs, 'colour.png')}: could not write its output (No space left on device)" \
+        in capsys.readouterr().err
