@@ -16,6 +16,55 @@ IMAGE_SIZE = 32
 RESIZED = 35
 
 
+def _autocast_operands(x, *tensors):
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return [t.to(dtype) for t in (x, *tensors)]
+    return [x, *tensors]
+
+
+class MatmulConv2d(nn.Conv2d):
+    """A Conv2d computed as unfold + one 2-D matrix product. On tiny maps (4x4 -> 2x2 at 512
+    channels) the library's convolution runs far below the matmul peak on CPUs; same parameters,
+    same result. The product is spelled out in 2-D: a broadcast matmul takes a slow path under
+    no_grad with bf16."""
+
+    def _conv_forward(self, x, weight, bias):
+        n, _, h, w = x.shape
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        x, weight, bias = _autocast_operands(x, weight, bias)
+        cols = F.unfold(x, k, padding=p, stride=s)                      # (N, C*k*k, L)
+        rows = cols.transpose(1, 2).reshape(n * out_h * out_w, -1)      # (N*L, C*k*k)
+        out = torch.addmm(bias, rows, weight.reshape(weight.shape[0], -1).t())  # (N*L, O)
+        return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2)        # channels-last view
+
+
+class MatmulConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d computed as one 2-D matrix product + fold, for the same reasons."""
+
+    def forward(self, x, output_size=None):
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+        x, weight, bias = _autocast_operands(x, self.weight, self.bias)
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)               # (N*H*W, C)
+        cols = rows @ weight.reshape(c, -1)                              # (N*H*W, O*k*k)
+        cols = cols.view(n, h * w, -1).transpose(1, 2)                   # (N, O*k*k, H*W)
+        return F.fold(cols, (out_h, out_w), k, padding=p, stride=s) + bias[None, :, None, None]
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with its mask drawn by comparing uniform numbers: the same Bernoulli(1 - p) mask
+    and 1 / (1 - p) scaling, about 5x faster to draw on CPUs than bernoulli_."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p  # rand_like keeps channels-last
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
 def _norm_layer(norm, channels):
     if norm == 'batch':
         return nn.BatchNorm2d(channels)
@@ -33,8 +82,8 @@ class Block(nn.Module):
         return self.model(x)
 
 
-def _down(c_in, c_out, norm, stride=2, padding=1):
-    layers = [nn.Conv2d(c_in, c_out, 4, stride, padding)]
+def _down(c_in, c_out, norm, stride=2, padding=1, conv=nn.Conv2d):
+    layers = [conv(c_in, c_out, 4, stride, padding)]
     if norm == 'spectral':
         spectral_norm(layers[0])
     elif norm is not None:
@@ -43,10 +92,10 @@ def _down(c_in, c_out, norm, stride=2, padding=1):
     return Block(*layers)
 
 
-def _up(c_in, c_out, norm, dropout):
-    layers = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), _norm_layer(norm, c_out), nn.ReLU()]
+def _up(c_in, c_out, norm, dropout, conv=nn.ConvTranspose2d):
+    layers = [conv(c_in, c_out, 4, 2, 1), _norm_layer(norm, c_out), nn.ReLU()]
     if dropout:
-        layers.append(nn.Dropout(0.5))
+        layers.append(Dropout(0.5))
     return Block(*layers)
 
 
@@ -65,8 +114,9 @@ class Generator(nn.Module):
         self.down2 = _down(64, 128, norm)
         self.down3 = _down(128, 256, norm)
         self.down4 = _down(256, 512, norm)
-        self.down5 = _down(512, 512, norm)
-        self.up1 = _up(512, 512, norm, dropout=True)
+        # The two layers on 2x2 maps run as matrix products: measured faster (see README, Performance).
+        self.down5 = _down(512, 512, norm, conv=MatmulConv2d)
+        self.up1 = _up(512, 512, norm, dropout=True, conv=MatmulConvTranspose2d)
         self.up2 = _up(1024, 256, norm, dropout=True)
         self.up3 = _up(512, 128, norm, dropout=False)
         self.up4 = _up(256, 64, norm, dropout=False)

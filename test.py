@@ -4,6 +4,7 @@ Every generator runs in eval mode over the whole test set. Scores (SPEC.md): mea
 network scale, MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness; the no-color
 baseline (ab = 0) is scored alongside.
 """
+import html
 import os
 import sys
 
@@ -26,7 +27,8 @@ def parse_args(argv=None):
                    help="train.py checkpoints, or bare generator state dicts in the reference's layout")
     p.add_argument('--labels', nargs='+', help='names for the checkpoints in pictures and tables (default: file names)')
     p.add_argument('--data_path', default='./data', help='where CIFAR-10 is (default: ./data)')
-    p.add_argument('--save_path', default='output_imgs/', help='grids and metrics.json (default: output_imgs/)')
+    p.add_argument('--save_path', default='output_imgs/',
+                   help='grids, metrics.json and index.html (default: output_imgs/)')
     p.add_argument('--batch_size', type=number_in(int, 1), default=250, help='(default: 250)')
     p.add_argument('--num_grids', type=number_in(int, 0), default=5,
                    help=f'how many grids of {GRID_ROWS} test images to draw (default: 5)')
@@ -92,6 +94,63 @@ def format_table(results, truth_colorfulness):
     return '\n'.join(lines)
 
 
+MEASURES = (  # metrics key, column title, format of the printed table, what it means
+    ('mean_ab_error', 'mean |ab error|', '{:.4f}', 'mean absolute error of the predicted a and b channels in '
+     'network scale (/127), on the raw generator output; lower is better'),
+    ('mae', 'MAE', '{:.3f}', 'mean absolute difference of the uint8 RGB images (0-255); lower is better'),
+    ('psnr', 'PSNR dB', '{:.3f}', 'peak signal-to-noise ratio of the uint8 RGB images, per image, then averaged; '
+     'higher is better'),
+    ('nazeri_accuracy', 'Nazeri acc', '{:.1%}', 'share of pixels whose rounded Lab values are within 2% of their '
+     'range of the truth (|dL| <= 2, |da|, |db| <= 4.4); higher is better'),
+    ('colorfulness', 'colorfulness', '{:.2f}', 'Hasler and Suesstrunk (2003), per image, then averaged; '
+     'closer to the ground truth is better'),
+)
+PAGE_STYLE = """body { font: 15px/1.45 sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 12px 0; }
+th, td { border-bottom: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.truth td { color: #555; font-style: italic; }
+dt { font-weight: bold; } dd { margin: 0 0 6px 16px; }
+.grids { display: flex; flex-wrap: wrap; gap: 24px; }
+figure { margin: 0; } figcaption { font-size: 13px; color: #555; max-width: 500px; margin-bottom: 4px; }
+img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
+
+
+def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout):
+    """One self-contained HTML page: the metrics table, what each measure means, and the grids
+    (linked by file name, so the page goes along with the folder)."""
+    import cv2
+    esc = html.escape
+    head = ''.join(f'<th>{esc(title)}</th>' for _, title, _, _ in MEASURES)
+    rows = [f'<tr><td>{esc(label)}</td>' + ''.join(f'<td>{fmt.format(r[key])}</td>' for key, _, fmt, _ in MEASURES)
+            + '</tr>' for label, r in results.items()]
+    rows.append(f'<tr class="truth"><td>ground truth</td>{"<td></td>" * (len(MEASURES) - 1)}'
+                f'<td>{truth_colorfulness:.2f}</td></tr>')
+    meanings = ''.join(f'<dt>{esc(title)}</dt><dd>{esc(meaning)}</dd>' for _, title, _, meaning in MEASURES)
+    columns = esc(', '.join(['original', 'grayscale'] + labels))
+    figures = []
+    for p in grid_paths:
+        height, width = cv2.imread(p).shape[:2]  # shown at twice their size, pixel for pixel
+        name = esc(os.path.basename(p))
+        figures.append(f'<figure><figcaption>{name}: one test image per row; columns: {columns}</figcaption>'
+                       f'<img src="{name}" width="{2 * width}" height="{2 * height}" alt="{name}"></figure>')
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Colorization results</title>
+<style>{PAGE_STYLE}</style></head><body>
+<h1>Colorization results</h1>
+<p>{results[BASELINE]['images']} CIFAR-10 test images; precision {esc(precision)};
+dropout {'on' if keep_dropout else 'off'} at test time.</p>
+<table><tr><th></th>{head}</tr>
+{chr(10).join(rows)}
+</table>
+<dl>{meanings}</dl>
+<h2>Grids</h2>
+<div class="grids">{''.join(figures) or '<p>none drawn (--num_grids 0)</p>'}</div>
+</body></html>
+"""
+    utils.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
+
+
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
@@ -142,6 +201,9 @@ def main(argv=None):
                'images': results[BASELINE]['images'], 'precision': precision, 'keep_dropout': args.keep_dropout}
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
     print(f"wrote {len(grid_paths)} grids and metrics.json to {args.save_path}")
+    page_path = os.path.join(args.save_path, 'index.html')
+    write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, precision, args.keep_dropout)
+    print(f"wrote the results page {page_path}")
     if args.show:
         show_grids(grid_paths)
     return 0

@@ -88,3 +88,33 @@ def test_weight_init_leaves_spectral_layers_at_their_defaults():
     init_weights(D)
     assert torch.equal(D.down3.model[0].parametrizations.weight.original, before)
     assert abs(D.down1.model[0].weight.std().item() - 0.02) < 0.003
+
+
+def test_matmul_layers_compute_what_the_library_layers_compute():
+    from models import MatmulConv2d, MatmulConvTranspose2d
+    torch.manual_seed(0)
+    for fast_cls, lib_cls, c_in, c_out, size in [(MatmulConv2d, nn.Conv2d, 16, 24, 4),
+                                                 (MatmulConvTranspose2d, nn.ConvTranspose2d, 16, 24, 2)]:
+        fast = fast_cls(c_in, c_out, 4, 2, 1)
+        lib = lib_cls(c_in, c_out, 4, 2, 1)
+        lib.load_state_dict(fast.state_dict())
+        x = torch.randn(3, c_in, size, size, requires_grad=True)
+        assert torch.allclose(fast(x), lib(x), atol=1e-5)
+        fast(x).square().sum().backward()
+        grads = [x.grad.clone(), fast.weight.grad.clone(), fast.bias.grad.clone()]
+        x.grad = None
+        lib(x).square().sum().backward()
+        for a, b in zip(grads, [x.grad, lib.weight.grad, lib.bias.grad]):
+            assert torch.allclose(a, b, atol=1e-4)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert torch.allclose(fast(x).float(), lib(x).float(), atol=0.05)
+
+
+def test_dropout_keeps_half_and_rescales():
+    from models import Dropout
+    torch.manual_seed(0)
+    d = Dropout(0.5)
+    y = d(torch.ones(200_000))
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert abs((y > 0).float().mean().item() - 0.5) < 0.005
+    assert torch.equal(d.eval()(torch.ones(10)), torch.ones(10))

@@ -146,3 +146,25 @@ def test_short_run_on_real_cifar10(tmp_path):
     l1 = float(val.split('L1 ')[1].split()[0])
     assert l1 < 0.16  # below an untrained generator's error after 30 steps
     assert os.path.isfile(tmp_path / 's' / 'epoch_000.png')
+
+
+def test_test_py_writes_a_results_page_that_matches_its_metrics(tiny_cifar, tmp_path):
+    torch.manual_seed(0)
+    ckpt, out = str(tmp_path / 'g.pt'), str(tmp_path / 'out')
+    torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
+    r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', ckpt, ckpt, '--labels', 'a<b>&c', 'second',
+            '--save_path', out, '--batch_size', '10', '--num_grids', '2', '--precision', 'fp32')
+    assert r.returncode == 0, r.stderr
+    assert 'index.html' in r.stdout
+    page = open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    assert 'a&lt;b&gt;&amp;c' in page and 'a<b>' not in page and 'second' in page and test_cli.BASELINE in page
+    grids = sorted(f for f in os.listdir(out) if f.startswith('grid_') and f.endswith('.png'))
+    assert grids == ['grid_000.png', 'grid_001.png']
+    assert all(f'src="{g}"' in page for g in grids) and 'image-rendering: pixelated' in page
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    for m in [metrics['baseline']] + [metrics['checkpoints'][label] for label in ('a<b>&c', 'second')]:
+        for figure in (f"{m['mean_ab_error']:.4f}", f"{m['mae']:.3f}", f"{m['psnr']:.3f}",
+                       f"{100 * m['nazeri_accuracy']:.1f}%", f"{m['colorfulness']:.2f}"):
+            assert f'<td>{figure}</td>' in page
+    assert f"<td>{metrics['truth_colorfulness']:.2f}</td>" in page
+    assert f"{metrics['images']} CIFAR-10 test images; precision fp32" in page
