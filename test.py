@@ -8,6 +8,7 @@ import html
 import os
 import sys
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -74,7 +75,6 @@ def show_grids(paths):
     if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
         print('--show: this machine has no display; the grids are in the files above')
         return
-    import cv2
     try:
         for path in paths:
             cv2.imshow(os.path.basename(path), cv2.imread(path))
@@ -119,7 +119,6 @@ img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
 def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout):
     """One self-contained HTML page: the metrics table, what each measure means, and the grids
     (linked by file name, so the page goes along with the folder)."""
-    import cv2
     esc = html.escape
     head = ''.join(f'<th>{esc(title)}</th>' for _, title, _, _ in MEASURES)
     rows = [f'<tr><td>{esc(label)}</td>' + ''.join(f'<td>{fmt.format(r[key])}</td>' for key, _, fmt, _ in MEASURES)

@@ -7,6 +7,7 @@ import os
 import pickle
 import sys
 import tempfile
+import textwrap
 import warnings
 
 import cv2
@@ -180,12 +181,11 @@ def image_grid(rows, border=6, scale=2.2, column_labels=None):
 
 
 def _column_header(labels, column_width, offset, width):
-    """White band with each label wrapped to its column's width, in dark gray."""
-    font, size, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.33, 1
-    char_w = cv2.getTextSize('M', font, size, thickness)[0][0]
-    per_line = max(1, int((column_width - 4) // char_w))
-    wrapped = [[label[k:k + per_line] for k in range(0, len(label), per_line)][:4] for label in labels]
-    line_h = 11
+    """White band with each label wrapped (at spaces where it can) to its column's width."""
+    font, size, thickness, line_h = cv2.FONT_HERSHEY_SIMPLEX, 0.3, 1, 10
+    fits = lambda text: cv2.getTextSize(text, font, size, thickness)[0][0] <= column_width - 3
+    per_line = max([n for n in range(1, 40) if fits('e' * n)] or [1])
+    wrapped = [textwrap.wrap(label, per_line, break_on_hyphens=False)[:4] or [''] for label in labels]
     band = np.full((line_h * max(len(w) for w in wrapped) + 6, width, 3), 255, np.uint8)
     for j, lines in enumerate(wrapped):
         for k, text in enumerate(lines):

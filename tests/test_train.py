@@ -32,7 +32,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_l1_loss(disc_norm):
     lab = fixed_batch()
     fp32 = autocast_context(torch.device('cpu'), 'fp32')
     l1 = [train.gan_step(G, D, lab, args, opt_g, opt_d, scaler, fp32)[1].item() / len(lab) for _ in range(12)]
-    assert l1[-1] < 0.5 * l1[0]
+    assert sum(l1[-3:]) < 0.6 * sum(l1[:3])
 
 
 def test_the_generator_step_computes_no_gradients_for_the_discriminator():
@@ -80,7 +80,7 @@ def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     r = run('train.py', *common, '--max_epoch', '2')
     assert r.returncode == 0, r.stderr
     assert '[epoch 1 train]' in r.stdout and '[epoch 1 val  ]' in r.stdout
-    assert sorted(os.listdir(ck)) == ['args.json', 'checkpoint_ep1.pt', 'log.csv']
+    assert sorted(os.listdir(ck)) == ['args.json', 'checkpoint_ep1.pt', 'curves.png', 'log.csv']
     assert sorted(os.listdir(samples)) == ['epoch_000.png', 'epoch_001.png']
     ckpt = torch.load(os.path.join(ck, 'checkpoint_ep1.pt'), weights_only=True)
     assert ckpt['epoch'] == 1 and ckpt['step'] == 20  # 80 images / 8 per batch * 2 epochs
