@@ -5,7 +5,6 @@ For the default recipe and the spectral recipe, at batch 32 and 128: training im
 model FLOPs per training image (torch.utils.flop_counter), and MFU against the machine's measured
 matrix-multiply peak at the same precision. Also times loading and converting the whole data set.
 """
-import json
 import statistics
 import sys
 import time
@@ -16,7 +15,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import train
 import utils
 from dataset import load_split
-from models import Discriminator, Generator
 
 RECIPES = {
     'default': [],

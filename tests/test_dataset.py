@@ -12,7 +12,7 @@ import torch
 
 import dataset
 import utils
-from conftest import SHARED_DATA, make_tiny_cifar, smooth_images, write_cifar_batch
+from conftest import SHARED_DATA, make_tiny_cifar, smooth_images
 
 
 def test_split_is_decoded_to_lab_in_memory(tiny_cifar):
