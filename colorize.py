@@ -239,11 +239,7 @@ def write_picture(path, image):
     params = []
     if path.lower().endswith(('.jpg', '.jpeg')):
         params = [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    ok, data = cv2.imencode(os.path.splitext(path)[1], image, params)
-    if not ok:
-        raise OSError(f"OpenCV cannot encode it as {os.path.splitext(path)[1]}")
-
-    utils.atomic_write(path, lambda f: f.write(data.tobytes()))
+    utils.write_encoded(path, image, params)
 
 
 def report(path, reason):

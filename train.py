@@ -300,8 +300,9 @@ def main(argv=None):
     log_path = os.path.join(args.save_path, 'log.csv')
     G.train(), D.train()
 
-    def save(path, epoch, batches_done):
-        G_eval = inference_generator(G, G_ema, train_set, args, device, autocast)
+    def save(path, epoch, batches_done, G_eval=None):
+        if G_eval is None:
+            G_eval = inference_generator(G, G_ema, train_set, args, device, autocast)
         utils.save_checkpoint(path, {
             'generator': G_eval.state_dict(), 'generator_train': G.state_dict(), 'discriminator': D.state_dict(),
             'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(),
@@ -387,7 +388,7 @@ def main(argv=None):
                 # A run stopped by --max_steps inside an epoch saves it as mid-epoch, so resuming continues it.
                 done = batches_done if batches_done < n_batches else 0
                 path = checkpoint_path(args.save_path, epoch)
-                save(path, epoch, done)
+                save(path, epoch, done, G_eval)  # the generator just validated: no second recalibration
                 print(f"saved {path} and {grid_path}")
             if stopping:
                 print(f"stopped after --max_steps {args.max_steps} steps")

@@ -194,12 +194,17 @@ def _column_header(labels, column_width, offset, width):
     return band
 
 
+def write_encoded(path, bgr, params=()):
+    """Encode an OpenCV (BGR) image by the file's extension and write it atomically; OSError on failure."""
+    ok, encoded = cv2.imencode(os.path.splitext(str(path))[1] or '.png', bgr, list(params))
+    if not ok:
+        raise OSError(f"OpenCV cannot encode it as {os.path.splitext(str(path))[1]}")
+    atomic_write(str(path), lambda f: f.write(encoded.tobytes()))
+
+
 def write_image(path, rgb_uint8):
-    ok, encoded = cv2.imencode(os.path.splitext(str(path))[1] or '.png', cv2.cvtColor(rgb_uint8, cv2.COLOR_RGB2BGR))
     try:
-        if not ok:
-            raise OSError(f"OpenCV cannot encode {path}")
-        atomic_write(str(path), lambda f: f.write(encoded.tobytes()))
+        write_encoded(path, cv2.cvtColor(rgb_uint8, cv2.COLOR_RGB2BGR))
     except OSError as e:
         raise UserError(f"could not write the picture {path} ({e}): check that its folder is writable")
 
