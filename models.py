@@ -19,39 +19,131 @@ RESIZED = 35
 def _autocast_operands(x, *tensors):
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
-        return [t.to(dtype) for t in (x, *tensors)]
+        return [None if t is None else t.to(dtype) for t in (x, *tensors)]
     return [x, *tensors]
 
 
+def _patches(x, k, s, p, out_h, out_w):
+    """(N, C, H, W) -> (N*out_h*out_w, k*k*C): the k x k window of x under each output position
+    of a (k, s, p) convolution, ordered (row, column, channel) like a channels-last weight."""
+    n, c = x.shape[:2]
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
+    sn, sh, sw, sc = padded.stride()
+    windows = padded.as_strided((n, out_h, out_w, k, k, c), (sn, s * sh, s * sw, sh, sw, sc))
+    return windows.reshape(n * out_h * out_w, k * k * c)
+
+
+def _unpatch(rows, n, c, h, w, k, s, p, out_h, out_w):
+    """The adjoint of _patches: adds every window entry back onto its position of an (N, H, W, C)
+    map, in fp32 (or wider) so that overlapping windows sum without bf16 rounding."""
+    padded = rows.new_zeros((n, h + 2 * p, w + 2 * p, c), dtype=torch.promote_types(rows.dtype, torch.float32))
+    windows = rows.view(n, out_h, out_w, k, k, c)
+    for i in range(k):
+        for j in range(k):
+            padded[:, i:i + s * out_h:s, j:j + s * out_w:s] += windows[:, :, :, i, j]
+    return padded[:, p:p + h, p:p + w]
+
+
+def _channels_last_view(nhwc):
+    return nhwc.permute(0, 3, 1, 2)
+
+
+class _ConvByMatmul(torch.autograd.Function):
+    """Conv2d (square kernel, no groups or dilation) as window extraction and 2-D matrix products,
+    forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, s, p):
+        n, c, h, w = x.shape
+        o, k = weight.shape[0], weight.shape[2]
+        out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        rows = _patches(x, k, s, p, out_h, out_w)
+        w_rows = weight.permute(0, 2, 3, 1).reshape(o, k * k * c)
+        out = rows @ w_rows.t() if bias is None else torch.addmm(bias, rows, w_rows.t())
+        ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None, w_rows if ctx.needs_input_grad[0] else None)
+        ctx.geometry = (n, c, h, w, k, s, p, out_h, out_w)
+        return _channels_last_view(out.view(n, out_h, out_w, o))
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, w_rows = ctx.saved_tensors
+        n, c, h, w, k, s, p, out_h, out_w = ctx.geometry
+        g = grad.permute(0, 2, 3, 1).reshape(n * out_h * out_w, -1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _unpatch(g @ w_rows, n, c, h, w, k, s, p, out_h, out_w).to(g.dtype).contiguous()
+            grad_x = _channels_last_view(grad_x)
+        if ctx.needs_input_grad[1]:
+            grad_w = _channels_last_view((g.t() @ rows).view(-1, k, k, c))
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(0, dtype=torch.float32).to(g.dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _ConvTransposeByMatmul(torch.autograd.Function):
+    """ConvTranspose2d (square kernel, no groups, dilation or output padding) as 2-D matrix
+    products and window scatter: the adjoint of _ConvByMatmul."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, s, p):
+        n, c, h, w = x.shape
+        o, k = weight.shape[1], weight.shape[2]
+        out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+        x_rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        w_rows = weight.permute(0, 2, 3, 1).reshape(c, k * k * o)
+        out = _unpatch(x_rows @ w_rows, n, o, out_h, out_w, k, s, p, h, w)
+        if bias is not None:
+            out = out + bias.to(out.dtype)
+        ctx.save_for_backward(x_rows if ctx.needs_input_grad[1] else None, w_rows if ctx.needs_input_grad[0] else None)
+        ctx.geometry = (n, c, h, w, k, s, p)
+        return _channels_last_view(out.to(x.dtype).contiguous())
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_rows, w_rows = ctx.saved_tensors
+        n, c, h, w, k, s, p = ctx.geometry
+        g_rows = _patches(grad, k, s, p, h, w)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _channels_last_view((g_rows @ w_rows.t()).view(n, h, w, c))
+        if ctx.needs_input_grad[1]:
+            grad_w = _channels_last_view((x_rows.t() @ g_rows).view(c, k, k, -1))
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _check_plain(layer):
+    if (layer.kernel_size[0] != layer.kernel_size[1] or layer.stride[0] != layer.stride[1]
+            or layer.padding[0] != layer.padding[1] or layer.groups != 1 or layer.dilation != (1, 1)
+            or layer.padding_mode != 'zeros' or any(getattr(layer, 'output_padding', (0, 0)))):
+        raise ValueError("matrix-product layers take square kernels, strides and zero padding only")
+
+
 class MatmulConv2d(nn.Conv2d):
-    """A Conv2d computed as unfold + one 2-D matrix product. On tiny maps (4x4 -> 2x2 at 512
-    channels) the library's convolution runs far below the matmul peak on CPUs; same parameters,
-    same result. The product is spelled out in 2-D: a broadcast matmul takes a slow path under
-    no_grad with bf16."""
+    """A Conv2d computed as window extraction and 2-D matrix products, forward and backward. Same
+    parameters, same result; on CPUs the library's convolution runs well below the matmul peak on
+    small maps with many channels, most of all in its weight gradient (see README, Performance)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_plain(self)
 
     def _conv_forward(self, x, weight, bias):
-        n, _, h, w = x.shape
-        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         x, weight, bias = _autocast_operands(x, weight, bias)
-        cols = F.unfold(x, k, padding=p, stride=s)                      # (N, C*k*k, L)
-        rows = cols.transpose(1, 2).reshape(n * out_h * out_w, -1)      # (N*L, C*k*k)
-        out = torch.addmm(bias, rows, weight.reshape(weight.shape[0], -1).t())  # (N*L, O)
-        return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2)        # channels-last view
+        return _ConvByMatmul.apply(x, weight, bias, self.stride[0], self.padding[0])
 
 
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
-    """A ConvTranspose2d computed as one 2-D matrix product + fold, for the same reasons."""
+    """A ConvTranspose2d computed as 2-D matrix products and window scatter, for the same reasons."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_plain(self)
 
     def forward(self, x, output_size=None):
-        n, c, h, w = x.shape
-        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
         x, weight, bias = _autocast_operands(x, self.weight, self.bias)
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)               # (N*H*W, C)
-        cols = rows @ weight.reshape(c, -1)                              # (N*H*W, O*k*k)
-        cols = cols.view(n, h * w, -1).transpose(1, 2)                   # (N, O*k*k, H*W)
-        return F.fold(cols, (out_h, out_w), k, padding=p, stride=s) + bias[None, :, None, None]
+        return _ConvTransposeByMatmul.apply(x, weight, bias, self.stride[0], self.padding[0])
 
 
 class Dropout(nn.Dropout):
@@ -113,11 +205,12 @@ class Generator(nn.Module):
         self.down1 = _down(1, 64, norm, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
         self.down3 = _down(128, 256, norm)
-        self.down4 = _down(256, 512, norm)
-        # The two layers on 2x2 maps run as matrix products: measured faster (see README, Performance).
+        # The layers on 2x2 and 4x4 maps run as matrix products: chosen per layer by measurement
+        # (README, Performance); the larger maps are faster in the library's convolution.
+        self.down4 = _down(256, 512, norm, conv=MatmulConv2d)
         self.down5 = _down(512, 512, norm, conv=MatmulConv2d)
         self.up1 = _up(512, 512, norm, dropout=True, conv=MatmulConvTranspose2d)
-        self.up2 = _up(1024, 256, norm, dropout=True)
+        self.up2 = _up(1024, 256, norm, dropout=True, conv=MatmulConvTranspose2d)
         self.up3 = _up(512, 128, norm, dropout=False)
         self.up4 = _up(256, 64, norm, dropout=False)
         self.final = Block(nn.Conv2d(128, 2, 1, 1, 0), nn.Tanh())
@@ -145,7 +238,7 @@ class Discriminator(nn.Module):
         self.down1 = _down(3, 64, None, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
         self.down3 = _down(128, 256, norm)
-        self.down4 = _down(256, 512, norm)
+        self.down4 = _down(256, 512, norm, conv=MatmulConv2d)  # as in the generator
         self.final = Block(nn.Conv2d(512, 1, 4, 1, 0))
 
     def forward(self, lab):

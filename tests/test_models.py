@@ -90,24 +90,54 @@ def test_weight_init_leaves_spectral_layers_at_their_defaults():
     assert abs(D.down1.model[0].weight.std().item() - 0.02) < 0.003
 
 
-def test_matmul_layers_compute_what_the_library_layers_compute():
+MATMUL_CASES = [  # (kernel, stride, padding, input size): the networks' geometry, and a stride-1 one
+    (4, 2, 1, 4), (4, 2, 1, 8), (3, 1, 0, 5)]
+
+
+@pytest.mark.parametrize('transposed', [False, True])
+@pytest.mark.parametrize('k,s,p,size', MATMUL_CASES)
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_matmul_layers_compute_what_the_library_layers_compute(transposed, k, s, p, size, memory_format):
     from models import MatmulConv2d, MatmulConvTranspose2d
     torch.manual_seed(0)
-    for fast_cls, lib_cls, c_in, c_out, size in [(MatmulConv2d, nn.Conv2d, 16, 24, 4),
-                                                 (MatmulConvTranspose2d, nn.ConvTranspose2d, 16, 24, 2)]:
-        fast = fast_cls(c_in, c_out, 4, 2, 1)
-        lib = lib_cls(c_in, c_out, 4, 2, 1)
+    fast_cls, lib_cls = (MatmulConvTranspose2d, nn.ConvTranspose2d) if transposed else (MatmulConv2d, nn.Conv2d)
+    fast = fast_cls(5, 7, k, s, p).double().to(memory_format=memory_format)
+    lib = lib_cls(5, 7, k, s, p).double()
+    lib.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 5, size, size, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    y = fast(x)
+    assert y.shape == lib(x).shape
+    assert torch.allclose(y, lib(x), atol=1e-12)
+    upstream = torch.randn_like(y)
+    fast_grads = torch.autograd.grad(y, [x, fast.weight, fast.bias], upstream)
+    lib_grads = torch.autograd.grad(lib(x), [x, lib.weight, lib.bias], upstream)
+    for a, b in zip(fast_grads, lib_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+    # frozen weights (the discriminator during the generator's step): the input gradient alone
+    fast.requires_grad_(False)
+    (gx,) = torch.autograd.grad(fast(x), [x], upstream)
+    assert torch.allclose(gx, lib_grads[0], atol=1e-12)
+
+
+def test_matmul_layers_under_bf16_autocast():
+    from models import MatmulConv2d, MatmulConvTranspose2d
+    torch.manual_seed(0)
+    for fast_cls, lib_cls, size in [(MatmulConv2d, nn.Conv2d, 8), (MatmulConvTranspose2d, nn.ConvTranspose2d, 4)]:
+        fast = fast_cls(64, 32, 4, 2, 1).to(memory_format=torch.channels_last)
+        lib = lib_cls(64, 32, 4, 2, 1)
         lib.load_state_dict(fast.state_dict())
-        x = torch.randn(3, c_in, size, size, requires_grad=True)
-        assert torch.allclose(fast(x), lib(x), atol=1e-5)
-        fast(x).square().sum().backward()
-        grads = [x.grad.clone(), fast.weight.grad.clone(), fast.bias.grad.clone()]
-        x.grad = None
-        lib(x).square().sum().backward()
-        for a, b in zip(grads, [x.grad, lib.weight.grad, lib.bias.grad]):
-            assert torch.allclose(a, b, atol=1e-4)
+        x = torch.randn(4, 64, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert torch.allclose(fast(x).float(), lib(x).float(), atol=0.05)
+            y_fast, y_lib = fast(x), lib(x)
+        assert y_fast.dtype == torch.bfloat16
+        assert (y_fast.float() - y_lib.float()).abs().max() < 0.02 * y_lib.float().abs().max()
+        y_fast.float().square().sum().backward()
+        assert fast.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+        grads = [x.grad.clone(), fast.weight.grad]
+        x.grad = None
+        y_lib.float().square().sum().backward()
+        for a, b in zip(grads, [x.grad, lib.weight.grad]):
+            assert (a - b).abs().max() < 0.03 * b.abs().max()
 
 
 def test_dropout_keeps_half_and_rescales():
