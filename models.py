@@ -16,11 +16,20 @@ IMAGE_SIZE = 32
 RESIZED = 35
 
 
-def _autocast_operands(x, *tensors):
+def _compute_dtype(x):
     if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return [None if t is None else t.to(dtype) for t in (x, *tensors)]
-    return [x, *tensors]
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _matmul_pays_off(x):
+    """Where the matrix-product layers were measured faster (README, Performance): bf16 on CPUs.
+    In fp32 on CPUs the library's convolutions won; GPUs keep their own kernels."""
+    return x.device.type == 'cpu' and _compute_dtype(x) == torch.bfloat16
+
+
+def _bf16(*tensors):
+    return [None if t is None else t.to(torch.bfloat16) for t in tensors]
 
 
 def _patches(x, k, s, p, out_h, out_w):
@@ -121,28 +130,34 @@ def _check_plain(layer):
 
 
 class MatmulConv2d(nn.Conv2d):
-    """A Conv2d computed as window extraction and 2-D matrix products, forward and backward. Same
-    parameters, same result; on CPUs the library's convolution runs well below the matmul peak on
-    small maps with many channels, most of all in its weight gradient (see README, Performance)."""
+    """A Conv2d computed, in bf16 on CPUs, as window extraction and 2-D matrix products, forward
+    and backward; elsewhere the library's. Same parameters, same result. On small maps with many
+    channels oneDNN's bf16 convolution runs well below the matmul peak, most of all in its weight
+    gradient (README, Performance)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _check_plain(self)
 
     def _conv_forward(self, x, weight, bias):
-        x, weight, bias = _autocast_operands(x, weight, bias)
+        if not _matmul_pays_off(x):
+            return super()._conv_forward(x, weight, bias)
+        x, weight, bias = _bf16(x, weight, bias)
         return _ConvByMatmul.apply(x, weight, bias, self.stride[0], self.padding[0])
 
 
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
-    """A ConvTranspose2d computed as 2-D matrix products and window scatter, for the same reasons."""
+    """A ConvTranspose2d computed, in bf16 on CPUs, as 2-D matrix products and window scatter,
+    for the same reasons; elsewhere the library's."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _check_plain(self)
 
     def forward(self, x, output_size=None):
-        x, weight, bias = _autocast_operands(x, self.weight, self.bias)
+        if not _matmul_pays_off(x):
+            return super().forward(x, output_size)
+        x, weight, bias = _bf16(x, self.weight, self.bias)
         return _ConvTransposeByMatmul.apply(x, weight, bias, self.stride[0], self.padding[0])
 
 
@@ -205,13 +220,13 @@ class Generator(nn.Module):
         self.down1 = _down(1, 64, norm, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
         self.down3 = _down(128, 256, norm)
-        # The layers on 2x2 and 4x4 maps run as matrix products: chosen per layer by measurement
-        # (README, Performance); the larger maps are faster in the library's convolution.
+        # Which layers run as matrix products was chosen per layer by measurement (README,
+        # Performance): those on 2x2, 4x4 and 8x8 maps; the rest are faster in the library.
         self.down4 = _down(256, 512, norm, conv=MatmulConv2d)
         self.down5 = _down(512, 512, norm, conv=MatmulConv2d)
         self.up1 = _up(512, 512, norm, dropout=True, conv=MatmulConvTranspose2d)
         self.up2 = _up(1024, 256, norm, dropout=True, conv=MatmulConvTranspose2d)
-        self.up3 = _up(512, 128, norm, dropout=False)
+        self.up3 = _up(512, 128, norm, dropout=False, conv=MatmulConvTranspose2d)
         self.up4 = _up(256, 64, norm, dropout=False)
         self.final = Block(nn.Conv2d(128, 2, 1, 1, 0), nn.Tanh())
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models import Discriminator, Generator, init_weights
@@ -97,26 +98,37 @@ MATMUL_CASES = [  # (kernel, stride, padding, input size): the networks' geometr
 @pytest.mark.parametrize('transposed', [False, True])
 @pytest.mark.parametrize('k,s,p,size', MATMUL_CASES)
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_matmul_layers_compute_what_the_library_layers_compute(transposed, k, s, p, size, memory_format):
-    from models import MatmulConv2d, MatmulConvTranspose2d
+def test_matrix_product_convolutions_equal_the_library_and_its_gradients(transposed, k, s, p, size, memory_format):
+    """The matrix-product path in float64 (the layers use it in bf16 only) against F.conv2d and
+    F.conv_transpose2d: outputs, and the gradients of input, weight and bias."""
+    from models import _ConvByMatmul, _ConvTransposeByMatmul
     torch.manual_seed(0)
-    fast_cls, lib_cls = (MatmulConvTranspose2d, nn.ConvTranspose2d) if transposed else (MatmulConv2d, nn.Conv2d)
-    fast = fast_cls(5, 7, k, s, p).double().to(memory_format=memory_format)
-    lib = lib_cls(5, 7, k, s, p).double()
-    lib.load_state_dict(fast.state_dict())
+    shape = (5, 7, k, k) if transposed else (7, 5, k, k)
+    weight = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
+    bias = torch.randn(7, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, 5, size, size, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
-    y = fast(x)
-    assert y.shape == lib(x).shape
-    assert torch.allclose(y, lib(x), atol=1e-12)
+    fast_fn, lib_fn = ((_ConvTransposeByMatmul, F.conv_transpose2d) if transposed else (_ConvByMatmul, F.conv2d))
+    y, y_lib = fast_fn.apply(x, weight, bias, s, p), lib_fn(x, weight, bias, s, p)
+    assert y.shape == y_lib.shape
+    assert torch.allclose(y, y_lib, atol=1e-12)
     upstream = torch.randn_like(y)
-    fast_grads = torch.autograd.grad(y, [x, fast.weight, fast.bias], upstream)
-    lib_grads = torch.autograd.grad(lib(x), [x, lib.weight, lib.bias], upstream)
-    for a, b in zip(fast_grads, lib_grads):
+    for a, b in zip(torch.autograd.grad(y, [x, weight, bias], upstream),
+                    torch.autograd.grad(y_lib, [x, weight, bias], upstream)):
         assert torch.allclose(a, b, atol=1e-12)
     # frozen weights (the discriminator during the generator's step): the input gradient alone
-    fast.requires_grad_(False)
-    (gx,) = torch.autograd.grad(fast(x), [x], upstream)
-    assert torch.allclose(gx, lib_grads[0], atol=1e-12)
+    frozen_w, frozen_b = weight.detach(), bias.detach()
+    (gx,) = torch.autograd.grad(fast_fn.apply(x, frozen_w, frozen_b, s, p), [x], upstream)
+    (gx_lib,) = torch.autograd.grad(lib_fn(x, frozen_w, frozen_b, s, p), [x], upstream)
+    assert torch.allclose(gx, gx_lib, atol=1e-12)
+
+
+def test_matmul_layers_take_the_matrix_path_in_bf16_only():
+    from models import MatmulConv2d, MatmulConvTranspose2d
+    for layer, size in [(MatmulConv2d(4, 6, 4, 2, 1), 8), (MatmulConvTranspose2d(4, 6, 4, 2, 1), 4)]:
+        x = torch.randn(2, 4, size, size)
+        assert 'Convolution' in type(layer(x).grad_fn).__name__  # fp32: the library's kernel
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert 'ByMatmul' in type(layer(x).grad_fn).__name__
 
 
 def test_matmul_layers_under_bf16_autocast():
