@@ -221,7 +221,7 @@ class Generator(nn.Module):
         self.down2 = _down(64, 128, norm)
         self.down3 = _down(128, 256, norm)
         # Which layers run as matrix products was chosen per layer by measurement (README,
-        # Performance): those between 8x8, 4x4 and 2x2 maps, except up3 (a gain within noise).
+        # Performance): those between 8x8, 4x4 and 2x2 maps.
         self.down4 = _down(256, 512, norm, conv=MatmulConv2d)
         self.down5 = _down(512, 512, norm, conv=MatmulConv2d)
         self.up1 = _up(512, 512, norm, dropout=True, conv=MatmulConvTranspose2d)
