@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 import utils
 from models import IMAGE_SIZE
-from test import load_generator
 from utils import UserError, number_in
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -270,7 +269,11 @@ def main(argv=None):
     autocast = utils.autocast_context(device, precision)
     images = find_images(args.inputs)
     targets = output_paths(images, args.output, args.compare)
-    G = load_generator(args.checkpoint, device)
+    G, exact, _ = utils.load_generator(args.checkpoint, device)
+    if not exact:
+        print(f"note: {args.checkpoint} is a mid-epoch checkpoint: its batch-norm statistics are training's running "
+              f"averages, not exact ones, so colours may be a little off; an epoch checkpoint has exact ones",
+              file=sys.stderr)
     utils.check_writable_folder(args.output, '--output')
 
     failed = 0

@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 import utils
 from dataset import load_split
-from models import Generator
 from utils import UserError, number_in
 
 GRID_ROWS = 14
@@ -42,33 +41,6 @@ def parse_args(argv=None):
     if args.labels and len(args.labels) != len(args.checkpoints):
         p.error(f"--labels has {len(args.labels)} names for {len(args.checkpoints)} checkpoints")
     return args
-
-
-def generator_state(ckpt, path):
-    """(state dict, gen_norm) from a train.py checkpoint or from a bare reference-layout state dict."""
-    if isinstance(ckpt, dict) and isinstance(ckpt.get('generator'), dict):
-        return ckpt['generator'], ckpt.get('args', {}).get('gen_norm', 'batch')
-    if isinstance(ckpt, dict) and 'down1.model.0.weight' in ckpt and 'final.model.0.weight' in ckpt:
-        # The reference's published weights: a plain state dict, our key layout.
-        return ckpt, 'batch' if 'down1.model.1.running_mean' in ckpt else 'instance'
-    raise UserError(f"{path} holds no generator: expected a train.py checkpoint or a generator state dict")
-
-
-def load_generator(path, device):
-    state, norm = generator_state(utils.load_checkpoint(path), path)
-    G = Generator(norm)
-    try:
-        G.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{path} is not a generator of this architecture (--gen_norm {norm}): "
-                        f"{str(e).strip().splitlines()[0]}")
-    return G.to(device).eval()
-
-
-def set_dropout(model, on):
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.train(on)
 
 
 def show_grids(paths):
@@ -159,11 +131,18 @@ def main(argv=None):
     labels = args.labels or [os.path.basename(p) for p in args.checkpoints]
     if len(set(labels)) != len(labels):
         raise UserError("two checkpoints share a label: name them apart with --labels")
-    generators = [load_generator(p, device) for p in args.checkpoints]
-    for G in generators:
-        set_dropout(G, args.keep_dropout)
+    loaded = [utils.load_generator(p, device) for p in args.checkpoints]
     utils.check_writable_folder(args.save_path, '--save_path')
     test_set = load_split(args.data_path, train=False)
+    if not all(exact for _, exact, _ in loaded):
+        train_set = load_split(args.data_path, train=True)
+        for path, (G, exact, seed) in zip(args.checkpoints, loaded):
+            if not exact:
+                print(f"{path}: a mid-epoch checkpoint; computing its exact batch-norm statistics as train.py would")
+                utils.recalibrate_generator(G, train_set, seed, device, autocast)
+    generators = [G for G, _, _ in loaded]
+    for G in generators:
+        utils.set_dropout(G, args.keep_dropout)
 
     scores = {label: utils.ColorizationScores() for label in [BASELINE] + labels}
     n_grid_images = args.num_grids * GRID_ROWS

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import pickle
+import platform
 import sys
 import tempfile
 import textwrap
@@ -13,6 +14,8 @@ import warnings
 import cv2
 import numpy as np
 import torch
+
+from models import Generator
 
 
 class UserError(Exception):
@@ -48,11 +51,30 @@ def cpu_has_native_bf16():
         return False
 
 
+def cpu_description():
+    """'AMD EPYC 7B13 (AVX2, no native bf16)': the CPU's name and the instruction set PyTorch
+    uses on it, for every speed figure printed, since figures from other CPUs do not compare."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    name = line.split(':', 1)[1].strip()
+                    break
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name} ({capability}, {'native' if cpu_has_native_bf16() else 'no native'} bf16)"
+
+
 def resolve_precision(precision, device):
-    """'auto' -> bf16 where the hardware runs it natively, else fp32."""
+    """'auto' -> bf16 where the hardware runs it natively, else fp32. An explicit bf16 on a CPU
+    without native bf16 is refused at once: oneDNN would emulate it about 65x slower than fp32."""
     if precision != 'auto':
         if precision == 'fp16' and device.type == 'cpu':
             raise UserError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        if precision == 'bf16' and device.type == 'cpu' and not cpu_has_native_bf16():
+            raise UserError(f"--precision bf16: this CPU, {cpu_description()}, has no native bf16 instructions "
+                            f"(AVX512-BF16 or AMX), so bf16 would be emulated, about 65x slower than fp32 "
+                            f"(a training step of minutes); use --precision fp32 or auto")
         return precision
     if device.type == 'cuda' and torch.cuda.is_bf16_supported():
         return 'bf16'
@@ -369,3 +391,59 @@ def recalibrate_batchnorm(model, input_batches, autocast=contextlib.nullcontext(
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
+
+
+# Exact batch-norm statistics come from this many training images (a fixed sample per seed), in
+# batches of RECALIBRATION_BATCH: measured within 1% of the figures of 6,400 images on every
+# score (docs/performance.md), at a fraction of the time.
+RECALIBRATION_IMAGES = 1024
+RECALIBRATION_BATCH = 32
+
+
+def recalibration_batches(train_set, seed, device, memory_format=torch.contiguous_format):
+    """The L channel of a fixed, seed-determined sample of training images, in batches."""
+    order = torch.Generator().manual_seed(seed)
+    size = min(RECALIBRATION_BATCH, len(train_set))
+    n = max(1, min(RECALIBRATION_IMAGES, len(train_set)) // size)
+    batches = train_set.batches(size, shuffle=True, generator=order, device=device)
+    return (lab[:, :1].contiguous(memory_format=memory_format) for _, (_, lab) in zip(range(n), batches))
+
+
+def generator_state(ckpt, path):
+    """(state dict, gen_norm, exact statistics?) from a train.py checkpoint or from a bare
+    reference-layout state dict. A mid-epoch checkpoint's generator carries the running batch-norm
+    statistics of training, not exact ones (recomputing them is left to where it is used)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('generator'), dict):
+        return ckpt['generator'], ckpt.get('args', {}).get('gen_norm', 'batch'), ckpt.get('generator_exact_statistics', True)
+    if isinstance(ckpt, dict) and 'down1.model.0.weight' in ckpt and 'final.model.0.weight' in ckpt:
+        # The reference's published weights: a plain state dict, our key layout.
+        return ckpt, 'batch' if 'down1.model.1.running_mean' in ckpt else 'instance', True
+    raise UserError(f"{path} holds no generator: expected a train.py checkpoint or a generator state dict")
+
+
+def load_generator(path, device):
+    """(generator in eval mode on `device`, whether its batch-norm statistics are exact, the run's
+    seed). Where they are not exact (a mid-epoch checkpoint), `recalibrate_generator` with that
+    seed recomputes them as train.py does at an epoch's end."""
+    ckpt = load_checkpoint(path)
+    state, norm, exact = generator_state(ckpt, path)
+    G = Generator(norm)
+    try:
+        G.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path} is not a generator of this architecture (--gen_norm {norm}): "
+                        f"{str(e).strip().splitlines()[0]}")
+    run_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
+    return G.to(device).eval(), exact, run_args.get('seed', 0)
+
+
+def recalibrate_generator(G, train_set, seed, device, autocast=contextlib.nullcontext(),
+                          memory_format=torch.contiguous_format):
+    """Exact batch-norm statistics over the fixed sample of training images that `seed` picks."""
+    return recalibrate_batchnorm(G, recalibration_batches(train_set, seed, device, memory_format), autocast)
+
+
+def set_dropout(model, on):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.train(on)

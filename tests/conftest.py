@@ -1,5 +1,8 @@
+import contextlib
+import io
 import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -46,3 +49,18 @@ def tiny_cifar(tmp_path):
     """A data_path holding a CIFAR-format folder of 5 x 16 training and 24 test images."""
     make_tiny_cifar(str(tmp_path / 'data'))
     return str(tmp_path / 'data')
+
+
+def run_in_process(main, argv):
+    """Run a command line's `main(argv)` in this process as its script would (a UserError becomes
+    one line on stderr and exit code 2; argparse exits with its own code) and return a
+    CompletedProcess with the exit code and what it printed: the same checks as a subprocess,
+    without an interpreter start-up per run. Signals and crashes still need real processes."""
+    import utils
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = utils.run_cli(main, list(argv))
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())

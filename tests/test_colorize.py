@@ -13,7 +13,7 @@ import colorize
 import utils
 from conftest import ROOT
 from models import Generator
-from test import load_generator
+from utils import load_generator
 
 FLAGS = ['--device', 'cpu', '--precision', 'fp32']
 
@@ -108,7 +108,7 @@ def test_a_mixed_folder_is_colorized_keeping_size_lightness_depth_and_alpha(chec
     # The pixels handed to the JPEG encoder keep the lightness within one level everywhere.
     photo = str(inputs / 'photo.jpg')
     picture = colorize.read_picture(photo, keep_original=False)
-    G = load_generator(checkpoints[0], torch.device('cpu'))
+    G, _, _ = load_generator(checkpoints[0], torch.device('cpu'))
     ab = colorize.predict_ab(G, [picture], torch.device('cpu'), contextlib.nullcontext())[0]
     exact = colorize.stored(picture, colorize.colorize(picture, ab))
     assert np.abs(lightness8(exact) - lightness8(cv2.imread(photo))).max() <= 1

@@ -101,7 +101,7 @@ MATMUL_CASES = [  # (kernel, stride, padding, input size): the networks' geometr
 def test_matrix_product_convolutions_equal_the_library_and_its_gradients(transposed, k, s, p, size, memory_format):
     """The matrix-product path in float64 (the layers use it in bf16 only) against F.conv2d and
     F.conv_transpose2d: outputs, and the gradients of input, weight and bias."""
-    from models import _ConvByMatmul, _ConvTransposeByMatmul
+    from convolutions import _ConvByMatmul, _ConvTransposeByMatmul
     torch.manual_seed(0)
     shape = (5, 7, k, k) if transposed else (7, 5, k, k)
     weight = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
@@ -122,17 +122,22 @@ def test_matrix_product_convolutions_equal_the_library_and_its_gradients(transpo
     assert torch.allclose(gx, gx_lib, atol=1e-12)
 
 
-def test_matmul_layers_take_the_matrix_path_in_bf16_only():
-    from models import MatmulConv2d, MatmulConvTranspose2d
+def test_two_form_layers_run_the_form_set_for_their_precision():
+    from convolutions import MatmulConv2d, MatmulConvTranspose2d
     for layer, size in [(MatmulConv2d(4, 6, 4, 2, 1), 8), (MatmulConvTranspose2d(4, 6, 4, 2, 1), 4)]:
         x = torch.randn(2, 4, size, size)
-        assert 'Convolution' in type(layer(x).grad_fn).__name__  # fp32: the library's kernel
+        assert 'Convolution' in type(layer(x).grad_fn).__name__  # nothing measured, fp32: the library's kernel
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert 'ByMatmul' in type(layer(x).grad_fn).__name__
+            assert 'ByMatmul' in type(layer(x).grad_fn).__name__  # nothing measured, bf16: bf16_form
+        layer.forms[torch.float32] = 'matmul'
+        y = layer(x)
+        assert 'ByMatmul' in type(y.grad_fn).__name__
+        layer.forms[torch.float32] = 'library'
+        assert torch.allclose(y, layer(x), atol=1e-5)  # the same convolution in fp32, either way
 
 
 def test_matmul_layers_under_bf16_autocast():
-    from models import MatmulConv2d, MatmulConvTranspose2d
+    from convolutions import MatmulConv2d, MatmulConvTranspose2d
     torch.manual_seed(0)
     for fast_cls, lib_cls, size in [(MatmulConv2d, nn.Conv2d, 8), (MatmulConvTranspose2d, nn.ConvTranspose2d, 4)]:
         fast = fast_cls(64, 32, 4, 2, 1).to(memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
 """Checkpoints, resume, interrupts and bad input: nothing lost, nothing run that should not be."""
+import json
 import os
 import pickle
 import random
@@ -10,17 +11,22 @@ import time
 import pytest
 import torch
 
+import test as test_cli
+import train
 import utils
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 
 
 def train_cmd(data, ck, *flags):
+    """train.py on tiny data; the layer forms fixed (--autotune off) unless `flags` say otherwise."""
     return [sys.executable, os.path.join(ROOT, 'train.py'), '--data_path', data, '--save_path', ck,
-            '--samples_path', os.path.join(ck, 'samples'), '--batch_size', '8', '--precision', 'fp32', *flags]
+            '--samples_path', os.path.join(ck, 'samples'), '--batch_size', '8', '--precision', 'fp32',
+            '--autotune', 'off', *flags]
 
 
 def run(cmd):
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    """A train_cmd, run in this process (see conftest.run_in_process)."""
+    return run_in_process(train.main, cmd[2:])
 
 
 def load(path):
@@ -40,16 +46,52 @@ def assert_same_state(a, b):
 
 def test_stopping_and_resuming_gives_the_same_weights_bit_for_bit(tiny_cifar, tmp_path):
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-    assert run(train_cmd(tiny_cifar, straight, '--max_epoch', '2', '--save_freq', '1')).returncode == 0
-    # stop inside epoch 0 (7 of its 10 batches), then resume the same epoch and finish
-    assert run(train_cmd(tiny_cifar, split, '--max_epoch', '2', '--max_steps', '7')).returncode == 0
-    assert load(os.path.join(split, 'checkpoint_ep0.pt'))['batches_done'] == 7
-    r = run(train_cmd(tiny_cifar, split, '--max_epoch', '2', '--resume', 'latest'))
+    # Two separate runs match bit for bit only with the same layer forms: --autotune off fixes them
+    # (a resumed run reuses its checkpoint's forms: test_a_resumed_run_keeps_its_layer_forms).
+    fixed = ['--autotune', 'off', '--batch_size', '16']  # 5 batches an epoch
+    assert run(train_cmd(tiny_cifar, straight, '--max_epoch', '2', '--save_freq', '2', *fixed)).returncode == 0
+    # stop inside epoch 0 (3 of its 5 batches), then resume the same epoch and finish
+    assert run(train_cmd(tiny_cifar, split, '--max_epoch', '2', '--max_steps', '3', *fixed)).returncode == 0
+    assert load(os.path.join(split, 'checkpoint_ep0.pt'))['batches_done'] == 3
+    r = run(train_cmd(tiny_cifar, split, '--max_epoch', '2', '--save_freq', '2', '--resume', 'latest', *fixed))
     assert r.returncode == 0, r.stderr
-    assert 'epoch 0, batch 7, step 7' in r.stdout
+    assert 'epoch 0, batch 3, step 3' in r.stdout
     a, b = load(os.path.join(straight, 'checkpoint_ep1.pt')), load(os.path.join(split, 'checkpoint_ep1.pt'))
-    assert a['step'] == b['step'] == 20
+    assert a['step'] == b['step'] == 10
     assert_same_state(a, b)
+
+
+def test_a_resumed_run_keeps_its_layer_forms(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    r = run(train_cmd(tiny_cifar, ck, '--max_steps', '3', '--autotune', 'on'))
+    assert r.returncode == 0, r.stderr
+    assert 'layer forms (measured in' in r.stdout
+    forms = load(os.path.join(ck, 'checkpoint_ep0.pt'))['layer_forms']
+    assert set(forms['generator']) == {'down4.model.0', 'down5.model.0', 'up1.model.0', 'up2.model.0', 'up3.model.0'}
+    assert set(forms['discriminator']) == {'down4.model.0'} and forms['precision'] == 'fp32'
+    r = run(train_cmd(tiny_cifar, ck, '--max_steps', '6', '--resume', 'latest', '--autotune', 'on'))
+    assert r.returncode == 0, r.stderr
+    assert 'layer forms (from the checkpoint, measured on this machine)' in r.stdout
+    assert load(os.path.join(ck, 'checkpoint_ep0.pt'))['layer_forms'] == forms
+
+
+def test_a_mid_epoch_checkpoint_scores_as_an_epoch_checkpoint_of_the_same_step(tiny_cifar, tmp_path):
+    """Mid-epoch saves skip the batch-norm recalibration; test.py does it where they are used."""
+    at_epoch_end, mid_epoch, out = str(tmp_path / 'a'), str(tmp_path / 'b'), tmp_path / 'out'
+    assert run(train_cmd(tiny_cifar, at_epoch_end, '--max_steps', '5')).returncode == 0
+    assert run(train_cmd(tiny_cifar, mid_epoch, '--max_steps', '6', '--save_steps', '5')).returncode == 0
+    exact, running = load(os.path.join(at_epoch_end, 'checkpoint_ep0.pt')), load(os.path.join(mid_epoch, 'checkpoint_step5.pt'))
+    assert exact['generator_exact_statistics'] and not running['generator_exact_statistics']
+    assert exact['step'] == running['step'] == 5
+    scores = []
+    for path in (os.path.join(at_epoch_end, 'checkpoint_ep0.pt'), os.path.join(mid_epoch, 'checkpoint_step5.pt')):
+        r = run_in_process(test_cli.main, ['--data_path', tiny_cifar, '--checkpoints', path, '--labels', 'g',
+                                            '--save_path', str(out), '--precision', 'fp32', '--num_grids', '0'])
+        assert r.returncode == 0, r.stderr
+        scores.append(json.load(open(out / 'metrics.json'))['checkpoints']['g'])
+    assert 'a mid-epoch checkpoint' in r.stdout
+    for key in ('mean_ab_error', 'mae', 'psnr', 'nazeri_accuracy', 'colorfulness'):
+        assert scores[1][key] == pytest.approx(scores[0][key], rel=1e-5), key
 
 
 def wait_for(predicate, seconds=120):
@@ -82,6 +124,7 @@ def test_an_interrupt_checkpoints_mid_epoch_and_resume_continues(tiny_cifar, tmp
     assert len(saved) == 1 and 'interrupted: saved' in err and '--resume' in err
     path = os.path.join(ck, saved[0])
     ckpt = load(path)
+    assert not ckpt['generator_exact_statistics']  # no recalibration on the way out
     r = run(train_cmd(tiny_cifar, ck, '--max_epoch', str(ckpt['epoch'] + 1), '--resume', path))
     assert r.returncode == 0, r.stderr
     assert f"epoch {ckpt['epoch']}, batch {ckpt['batches_done']}" in r.stdout

@@ -1,10 +1,13 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import utils
+from conftest import ROOT
 
 
 def cie_lab_reference(rgb_uint8):
@@ -118,3 +121,25 @@ def test_number_in_bounds():
     with pytest.raises(argparse.ArgumentTypeError):
         utils.number_in(float, 0, 1, low_open=True)('0')
     assert utils.number_in(int, 1)('6e4') == 60000
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_at_once(monkeypatch):
+    cpu = torch.device('cpu')
+    monkeypatch.setattr(utils, 'cpu_has_native_bf16', lambda: False)
+    with pytest.raises(utils.UserError, match=r'no native bf16.*65x slower.*--precision fp32 or auto'):
+        utils.resolve_precision('bf16', cpu)
+    assert utils.resolve_precision('auto', cpu) == 'fp32' and utils.resolve_precision('fp32', cpu) == 'fp32'
+    monkeypatch.setattr(utils, 'cpu_has_native_bf16', lambda: True)
+    assert utils.resolve_precision('bf16', cpu) == 'bf16' and utils.resolve_precision('auto', cpu) == 'bf16'
+
+
+@pytest.mark.skipif(utils.cpu_has_native_bf16(), reason='this CPU runs bf16 natively')
+@pytest.mark.parametrize('tool', ['train.py', 'test.py', 'colorize.py', 'bench.py'])
+def test_every_tool_names_missing_bf16_in_one_line(tool, tmp_path):
+    extra = {'test.py': ['--checkpoints', 'x.pt'], 'colorize.py': ['x.png', '--checkpoint', 'x.pt', '--output', 'o'],
+             'train.py': ['--save_path', str(tmp_path / 'ck'), '--samples_path', str(tmp_path / 's')],
+             'bench.py': ['--synthetic']}[tool]
+    r = subprocess.run([sys.executable, tool, '--precision', 'bf16', *extra], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and 'no native bf16' in r.stderr and '--precision fp32' in r.stderr
