@@ -152,7 +152,7 @@ def reference_step(flags, batch_size, png_folder, num_workers):
     a DataLoader that decodes PNG files."""
     args = train.parse_args(flags + ['--batch_size', str(batch_size)])
     torch.manual_seed(0)
-    G, D = Generator(args.gen_norm), Discriminator(args.disc_norm)
+    G, D = Generator(args.gen_norm, args.gen_dropout), Discriminator(args.disc_norm)
     if args.apply_weight_init:
         init_weights(G), init_weights(D)
     for block in (G.up1, G.up2):  # the library's dropout, as the reference used

@@ -59,12 +59,12 @@ def _down(c_in, c_out, norm, stride=2, padding=1, bf16_form=None):
     return Block(*layers)
 
 
-def _up(c_in, c_out, norm, dropout, bf16_form=None):
+def _up(c_in, c_out, norm, dropout=None, bf16_form=None):
     conv = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1) if bf16_form is None else \
         MatmulConvTranspose2d(c_in, c_out, 4, 2, 1, bf16_form=bf16_form)
     layers = [conv, _norm_layer(norm, c_out), nn.ReLU()]
-    if dropout:
-        layers.append(Dropout(0.5))
+    if dropout is not None:  # kept at p = 0 too, so that every generator has the same layers
+        layers.append(Dropout(dropout))
     return Block(*layers)
 
 
@@ -73,12 +73,15 @@ def _resize_input(x):
 
 
 class Generator(nn.Module):
-    """(N, 1, 32, 32) L in network scale -> (N, 2, 32, 32) ab in [-1, 1]."""
+    """(N, 1, 32, 32) L in network scale -> (N, 2, 32, 32) ab in [-1, 1]. `dropout`: the
+    probability of the dropout after up1 and up2 (the reference's 0.5; 0 turns it off)."""
 
-    def __init__(self, norm='batch'):
+    def __init__(self, norm='batch', dropout=0.5):
         super().__init__()
         if norm not in GENERATOR_NORMS:
             raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"generator dropout must be in [0, 1), got {dropout!r}")
         self.down1 = _down(1, 64, norm, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
         # The layers on 4x4 and 2x2 maps, and up3, can run as matrix products: the default forms in
@@ -87,10 +90,10 @@ class Generator(nn.Module):
         self.down3 = _down(128, 256, norm)
         self.down4 = _down(256, 512, norm, bf16_form='matmul')
         self.down5 = _down(512, 512, norm, bf16_form='matmul')
-        self.up1 = _up(512, 512, norm, dropout=True, bf16_form='matmul')
-        self.up2 = _up(1024, 256, norm, dropout=True, bf16_form='matmul')
-        self.up3 = _up(512, 128, norm, dropout=False, bf16_form='library')
-        self.up4 = _up(256, 64, norm, dropout=False)
+        self.up1 = _up(512, 512, norm, dropout=dropout, bf16_form='matmul')
+        self.up2 = _up(1024, 256, norm, dropout=dropout, bf16_form='matmul')
+        self.up3 = _up(512, 128, norm, bf16_form='library')
+        self.up4 = _up(256, 64, norm)
         self.final = Block(nn.Conv2d(128, 2, 1, 1, 0), nn.Tanh())
 
     def forward(self, L):

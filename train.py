@@ -26,7 +26,7 @@ from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, Discriminator, Generato
 from utils import UserError, number_in
 
 # The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed.
-ARCHITECTURE_FLAGS = ('gen_norm', 'disc_norm')
+ARCHITECTURE_FLAGS = ('gen_norm', 'disc_norm', 'gen_dropout')
 STEP_CHECKPOINTS_KEPT = 3
 # Layer forms are timed on at most this many images, so the measurement stays within seconds.
 AUTOTUNE_IMAGES = 32
@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument('--lr_decay_steps', type=positive, default=6e4, help='(default: 6e4)')
     p.add_argument('--gen_norm', choices=GENERATOR_NORMS, default='batch', help='(default: batch)')
     p.add_argument('--disc_norm', choices=DISCRIMINATOR_NORMS, default='batch', help='(default: batch)')
+    p.add_argument('--gen_dropout', type=number_in(float, 0, 1, high_open=True), default=0.5,
+                   help="dropout probability after the generator's up1 and up2, in [0, 1); 0 turns it off, so that "
+                        "runs compare step for step (default: 0.5, the reference's)")
     p.add_argument('--apply_weight_init', type=int, choices=(0, 1), default=0,
                    help='1: N(0, 0.02) conv weights, N(1, 0.02) batch-norm weights (default: 0)')
     p.add_argument('--max_steps', type=number_in(int, 1), default=None,
@@ -271,7 +274,7 @@ def use_channels_last(choice, device):
 
 def build_networks(args, device, channels_last=False):
     """Both networks, initialized as the flags say, on `device`, with their Adam optimizers."""
-    G, D = Generator(args.gen_norm), Discriminator(args.disc_norm)
+    G, D = Generator(args.gen_norm, args.gen_dropout), Discriminator(args.disc_norm)
     if args.apply_weight_init:
         init_weights(G), init_weights(D)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -427,13 +427,13 @@ def load_generator(path, device):
     seed recomputes them as train.py does at an epoch's end."""
     ckpt = load_checkpoint(path)
     state, norm, exact = generator_state(ckpt, path)
-    G = Generator(norm)
+    run_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
+    G = Generator(norm, run_args.get('gen_dropout', 0.5))
     try:
         G.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f"{path} is not a generator of this architecture (--gen_norm {norm}): "
                         f"{str(e).strip().splitlines()[0]}")
-    run_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
     return G.to(device).eval(), exact, run_args.get('seed', 0)
 
 

@@ -165,3 +165,15 @@ def test_dropout_keeps_half_and_rescales():
     assert set(y.unique().tolist()) == {0.0, 2.0}
     assert abs((y > 0).float().mean().item() - 0.5) < 0.005
     assert torch.equal(d.eval()(torch.ones(10)), torch.ones(10))
+
+
+def test_generator_dropout_is_a_setting_and_zero_makes_training_mode_deterministic():
+    torch.manual_seed(0)
+    L = torch.rand(4, 1, 32, 32) * 2 - 1
+    off, on = Generator(dropout=0.0).train(), Generator(dropout=0.5).train()
+    on.load_state_dict(off.state_dict())  # same weights, same keys: dropout has no parameters
+    assert torch.equal(off(L), off(L))
+    assert not torch.equal(on(L), on(L))
+    assert on.up1.model[3].p == 0.5 and off.up2.model[3].p == 0.0
+    with pytest.raises(ValueError):
+        Generator(dropout=1.0)

@@ -89,6 +89,7 @@ def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     assert ckpt['epoch'] == 1 and ckpt['step'] == 10  # 80 images / 16 per batch * 2 epochs
     assert ckpt['args']['batch_size'] == 16 and set(ckpt) >= {'generator', 'discriminator', 'opt_gen', 'opt_disc'}
     assert json.load(open(os.path.join(ck, 'args.json')))['save_freq'] == 2
+    assert json.load(open(os.path.join(ck, 'args.json')))['gen_dropout'] == ckpt['args']['gen_dropout'] == 0.5
     assert len(open(os.path.join(ck, 'log.csv')).read().strip().splitlines()) == 1 + 4
 
     r = run('train.py', *common, '--max_epoch', '3', '--start_epoch', '2')
@@ -112,6 +113,7 @@ def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     (['--smoothing', '0'], '--smoothing'),
     (['--batch_size', '0'], '--batch_size'),
     (['--disc_norm', 'layer'], '--disc_norm'),
+    (['--gen_dropout', '1'], '--gen_dropout'),
     (['--base_lr_gen', '-1'], '--base_lr_gen'),
     (['--start_epoch', '5', '--max_epoch', '3'], '--max_epoch'),
 ])
