@@ -84,15 +84,15 @@ class Generator(nn.Module):
             raise ValueError(f"generator dropout must be in [0, 1), got {dropout!r}")
         self.down1 = _down(1, 64, norm, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
-        # The layers on 4x4 and 2x2 maps, and up3, can run as matrix products: the default forms in
-        # bf16 are those measured fastest on AVX-512 BF16, and train.py measures them again on the
-        # machine at hand (docs/performance.md). down3 lost on every CPU measured, so it is not a candidate.
+        # The layers on 4x4 and 2x2 maps can run as matrix products: the default forms in bf16 are
+        # those measured fastest on AVX-512 BF16, and train.py measures them again on the machine
+        # at hand (docs/performance.md). down3 lost and up3 tied on every CPU measured: not candidates.
         self.down3 = _down(128, 256, norm)
         self.down4 = _down(256, 512, norm, bf16_form='matmul')
         self.down5 = _down(512, 512, norm, bf16_form='matmul')
         self.up1 = _up(512, 512, norm, dropout=dropout, bf16_form='matmul')
         self.up2 = _up(1024, 256, norm, dropout=dropout, bf16_form='matmul')
-        self.up3 = _up(512, 128, norm, bf16_form='library')
+        self.up3 = _up(512, 128, norm)
         self.up4 = _up(256, 64, norm)
         self.final = Block(nn.Conv2d(128, 2, 1, 1, 0), nn.Tanh())
 

@@ -8,7 +8,6 @@ import pickle
 import platform
 import sys
 import tempfile
-import textwrap
 import warnings
 
 import cv2
@@ -202,17 +201,46 @@ def image_grid(rows, border=6, scale=2.2, column_labels=None):
     return grid
 
 
+HEADER_FONT, HEADER_THICKNESS, HEADER_SIZES = cv2.FONT_HERSHEY_SIMPLEX, 1, (0.3, 0.26, 0.22)
+
+
+def _text_width(text, size):
+    return cv2.getTextSize(text, HEADER_FONT, size, HEADER_THICKNESS)[0][0]
+
+
+def header_lines(label, width, max_lines=4):
+    """(lines, font size) for a column title `width` pixels wide: wrapped at spaces only, at the
+    largest size in HEADER_SIZES at which every word fits; at the smallest, a word that still
+    does not fit is shortened and ends in '.', so no word is ever broken across lines."""
+    words = label.split() or ['']
+    size = next((s for s in HEADER_SIZES if all(_text_width(w, s) <= width for w in words)), HEADER_SIZES[-1])
+    fitted = []
+    for word in words:
+        while _text_width(word, size) > width and len(word) > 2:
+            word = word[:-2] + '.'
+        fitted.append(word)
+    lines = []
+    for word in fitted:
+        if lines and _text_width(lines[-1] + ' ' + word, size) <= width:
+            lines[-1] += ' ' + word
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [' '.join(lines[max_lines - 1:])]
+        while _text_width(lines[-1], size) > width and len(lines[-1]) > 2:
+            lines[-1] = lines[-1][:-2] + '.'
+    return lines, size
+
+
 def _column_header(labels, column_width, offset, width):
-    """White band with each label wrapped (at spaces where it can) to its column's width."""
-    font, size, thickness, line_h = cv2.FONT_HERSHEY_SIMPLEX, 0.3, 1, 10
-    fits = lambda text: cv2.getTextSize(text, font, size, thickness)[0][0] <= column_width - 3
-    per_line = max([n for n in range(1, 40) if fits('e' * n)] or [1])
-    wrapped = [textwrap.wrap(label, per_line, break_on_hyphens=False)[:4] or [''] for label in labels]
-    band = np.full((line_h * max(len(w) for w in wrapped) + 6, width, 3), 255, np.uint8)
-    for j, lines in enumerate(wrapped):
+    """White band with each label over its column (see header_lines)."""
+    fitted = [header_lines(label, column_width - 3) for label in labels]
+    line_h = 10
+    band = np.full((line_h * max(len(lines) for lines, _ in fitted) + 6, width, 3), 255, np.uint8)
+    for j, (lines, size) in enumerate(fitted):
         for k, text in enumerate(lines):
             x = int(offset + j * column_width)
-            cv2.putText(band, text, (x, line_h * (k + 1)), font, size, (40, 40, 40), thickness, cv2.LINE_AA)
+            cv2.putText(band, text, (x, line_h * (k + 1)), HEADER_FONT, size, (40, 40, 40), HEADER_THICKNESS, cv2.LINE_AA)
     return band
 
 

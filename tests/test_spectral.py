@@ -76,3 +76,29 @@ def test_channels_last_and_autocast_give_the_same_result():
         sigma_dtype = conv.parametrizations.weight[0].u.dtype
     assert out.dtype == torch.bfloat16 and sigma_dtype == torch.float32
     assert torch.allclose(out.float(), reference, atol=0.05)
+
+
+def test_each_pass_is_differentiated_with_the_vectors_it_used():
+    """The discriminator runs several times before a backward pass. The reference overwrote u and
+    v in place at the next forward, so the earlier passes' gradients through sigma used the later
+    vectors (SPEC.md, known defects); here every pass keeps its own."""
+    torch.manual_seed(0)
+    conv = spectral_norm(nn.Conv2d(4, 6, 4, 2, 1))
+    sn = conv.parametrizations.weight[0]
+    weight = conv.parametrizations.weight.original
+    x = torch.randn(2, 4, 8, 8)
+    first = conv(x)
+    u1, v1 = sn.u.clone(), sn.v.clone()  # the vectors of the first pass
+    # what a later pass does to the buffers, made large enough to see: new vectors, in place
+    sn.u.copy_(torch.nn.functional.normalize(torch.randn_like(sn.u), dim=0))
+    sn.v.copy_(torch.nn.functional.normalize(torch.randn_like(sn.v), dim=0))
+    (grad,) = torch.autograd.grad(first.square().sum(), [weight])
+
+    def gradient_with(u, v):
+        w = weight.detach().clone().requires_grad_()
+        out = nn.functional.conv2d(x, w / (u @ w.reshape(6, -1) @ v), conv.bias, 2, 1)
+        return torch.autograd.grad(out.square().sum(), [w])[0]
+    right, wrong = gradient_with(u1, v1), gradient_with(sn.u, sn.v)
+    scale = right.abs().max()
+    assert (grad - right).abs().max() < 1e-5 * scale
+    assert (wrong - right).abs().max() > 1e-2 * scale  # the defect would be plain to see

@@ -143,3 +143,18 @@ def test_every_tool_names_missing_bf16_in_one_line(tool, tmp_path):
                        timeout=60)
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'no native bf16' in r.stderr and '--precision fp32' in r.stderr
+
+
+def test_column_titles_never_break_inside_a_word():
+    width = int((32 + 6) * 1.6) - 3  # a test.py grid column
+    for label in ['original', 'grayscale', 'checkpoint_ep199.pt', 'batch norm recipe, 200 epochs',
+                  'spectralnorm_ep100_weights_gen.pt', 'a b c d e f g h i j k l m n o p']:
+        lines, size = utils.header_lines(label, width)
+        assert 1 <= len(lines) <= 4 and size in utils.HEADER_SIZES
+        assert all(utils._text_width(line, size) <= width for line in lines)
+        words = label.split()
+        for line in lines:  # each line is whole words, or one word shortened with a final '.'
+            for word in line.split():
+                assert word in words or (word.endswith('.') and any(w.startswith(word[:-1]) for w in words))
+    assert utils.header_lines('original', width)[0] == ['original']
+    assert utils.header_lines('grayscale', width)[0] == ['grayscale']
