@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import train
 import utils
 from dataset import LabImages, load_split
-from models import Discriminator, Dropout, Generator, init_weights
+from models import Discriminator, Generator, init_weights
 
 RECIPES = {
     'default': [],
@@ -156,7 +156,7 @@ def reference_step(flags, batch_size, png_folder, num_workers):
     if args.apply_weight_init:
         init_weights(G), init_weights(D)
     for block in (G.up1, G.up2):  # the library's dropout, as the reference used
-        block.model[3] = nn.Dropout(block.model[3].p) if isinstance(block.model[3], Dropout) else block.model[3]
+        block.model[3] = nn.Dropout(block.model[3].p)
     D_probability = nn.Sequential(D, nn.Sigmoid())
     opt_g = torch.optim.Adam(G.parameters(), lr=args.base_lr_gen, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.base_lr_disc, betas=(0.5, 0.999))
@@ -168,10 +168,7 @@ def reference_step(flags, batch_size, png_folder, num_workers):
 
     def run_once():
         lab = next(batches)
-        s = next(step)
-        for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
-            for group in opt.param_groups:
-                group['lr'] = utils.learning_rate(base, s, args.lr_decay_rate, args.lr_decay_steps)
+        train.set_learning_rates(opt_g, opt_d, next(step), args)
         L, ab = lab[:, :1], lab[:, 1:]
         fake_ab = G(L)
         fake = torch.cat([L, fake_ab], dim=1)

@@ -319,12 +319,17 @@ def choose_layer_forms(G, D, G_ema, args, device, precision, channels_last, save
     return record, f"layer forms ({how}): {', '.join(products) or 'none'} as matrix products, the rest the library's"
 
 
-def train_step(G, D, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast):
-    """Optimizer step number `step` (counted from 1) on a Lab batch: set the learning rates, update
-    both networks, then the averaged generator. Returns gan_step's sums."""
+def set_learning_rates(opt_g, opt_d, step, args):
+    """The schedule of SPEC.md, set before optimizer step number `step` (counted from 1)."""
     for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
         for group in opt.param_groups:
             group['lr'] = utils.learning_rate(base, step, args.lr_decay_rate, args.lr_decay_steps)
+
+
+def train_step(G, D, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast):
+    """Optimizer step number `step` (counted from 1) on a Lab batch: set the learning rates, update
+    both networks, then the averaged generator. Returns gan_step's sums."""
+    set_learning_rates(opt_g, opt_d, step, args)
     sums = gan_step(G, D, lab, args, opt_g, opt_d, scaler, autocast)
     if G_ema is not None:
         utils.ema_update(G_ema, G, utils.ema_decay(args.ema_decay, step))

@@ -214,22 +214,22 @@ def header_lines(label, width, max_lines=4):
     does not fit is shortened and ends in '.', so no word is ever broken across lines."""
     words = label.split() or ['']
     size = next((s for s in HEADER_SIZES if all(_text_width(w, s) <= width for w in words)), HEADER_SIZES[-1])
-    fitted = []
-    for word in words:
-        while _text_width(word, size) > width and len(word) > 2:
-            word = word[:-2] + '.'
-        fitted.append(word)
     lines = []
-    for word in fitted:
+    for word in (_shortened(w, size, width) for w in words):
         if lines and _text_width(lines[-1] + ' ' + word, size) <= width:
             lines[-1] += ' ' + word
         else:
             lines.append(word)
     if len(lines) > max_lines:
-        lines = lines[:max_lines - 1] + [' '.join(lines[max_lines - 1:])]
-        while _text_width(lines[-1], size) > width and len(lines[-1]) > 2:
-            lines[-1] = lines[-1][:-2] + '.'
+        lines = lines[:max_lines - 1] + [_shortened(' '.join(lines[max_lines - 1:]), size, width)]
     return lines, size
+
+
+def _shortened(text, size, width):
+    """`text`, cut and ended with '.' until it fits `width` pixels."""
+    while _text_width(text, size) > width and len(text) > 2:
+        text = text[:-2] + '.'
+    return text
 
 
 def _column_header(labels, column_width, offset, width):
