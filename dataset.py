@@ -97,18 +97,21 @@ class LabImages:
     def __len__(self):
         return len(self.lab)
 
-    def batches(self, batch_size, shuffle=False, flip=False, generator=None, device='cpu', start=0):
+    def batches(self, batch_size, shuffle=False, flip=False, generator=None, device='cpu', start=0, share=None):
         """Yield (indices, lab) batches on `device`: a random order and a random horizontal flip
-        (p = 0.5) for training, the fixed order for validation. `start` skips the first batches."""
+        (p = 0.5) for training, the fixed order for validation. `start` skips the first batches;
+        `share` maps a batch's indices (and flips) to the part this process takes of it, so that
+        every process draws the same order and flips and together they see each whole batch."""
         n = len(self.lab)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         flips = torch.rand(n, generator=generator) < 0.5 if flip else None
+        share = share or (lambda part: part)
         for first in range(start * batch_size, n, batch_size):
-            idx = order[first:first + batch_size]
+            idx = share(order[first:first + batch_size])
             lab = self.lab[idx]
             if flips is not None:
                 # (B, H, W, C): the width axis is 2
-                lab = torch.where(flips[first:first + batch_size, None, None, None], lab.flip(2), lab)
+                lab = torch.where(share(flips[first:first + batch_size])[:, None, None, None], lab.flip(2), lab)
             yield idx, lab.to(device, non_blocking=True).permute(0, 3, 1, 2)
 
     def num_batches(self, batch_size):

@@ -29,20 +29,21 @@ class SpectralNorm(nn.Module):
                 self._power_step(matrix)
 
     def _power_step(self, matrix):
-        self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0, eps=self.eps))
-        self.u.copy_(F.normalize(matrix @ self.v, dim=0, eps=self.eps))
+        self.v.copy_(F.normalize(matrix.t() @ self.u.to(matrix.dtype), dim=0, eps=self.eps))
+        self.u.copy_(F.normalize(matrix @ self.v.to(matrix.dtype), dim=0, eps=self.eps))
 
     def forward(self, weight):
         with torch.autocast(weight.device.type, enabled=False):
-            matrix = weight.float().reshape(weight.shape[0], -1)
+            wide = torch.promote_types(weight.dtype, torch.float32)  # fp32 under autocast, fp64 in fp64
+            matrix = weight.to(wide).reshape(weight.shape[0], -1)
             if self.training:
                 with torch.no_grad():
                     self._power_step(matrix)
             # Clones: the buffers change in place at the next training forward, and autograd
             # must see the values this forward used.
-            u, v = self.u.clone(), self.v.clone()
+            u, v = self.u.to(wide, copy=True), self.v.to(wide, copy=True)
             sigma = torch.dot(u, matrix @ v)
-            return (weight.float() / sigma).to(weight.dtype)
+            return (weight.to(wide) / sigma).to(weight.dtype)
 
 
 def spectral_norm(module, name='weight'):

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import copy
 import json
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import convolutions
+import distributed
 import plot
 import utils
 from dataset import load_split
@@ -94,39 +96,47 @@ class NonFiniteLoss(ArithmeticError):
     pass
 
 
-def check_finite(name, loss):
-    # On a CPU this costs nothing; the fp16 gradient scaler handles overflow on its own.
-    if loss.device.type == 'cpu' and not torch.isfinite(loss):
-        raise NonFiniteLoss(f"the {name} loss is {loss.item()}")
+def check_finite(name, loss, procs):
+    # On a CPU this costs nothing; the fp16 gradient scaler handles overflow on its own. Under
+    # torchrun the processes sum their losses, so that a NaN on one stops or skips on all.
+    if loss.device.type == 'cpu':
+        value = procs.total(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)' if procs.distributed else ''))
 
 
 def bce(logits, target):
     return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
 
-def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None):
+def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None,
+             procs=distributed.Processes(), share=1.0):
     """One generator-then-discriminator step on a Lab batch (or, with no optimizers, the same
     losses without updates). Returns the batch's sums of STAT_NAMES as one device tensor, so the
-    caller syncs with the host only when it wants to show them."""
+    caller syncs with the host only when it wants to show them. Under torchrun, `lab` is this
+    process's part of the global batch and `share` is (its images x processes / global images):
+    DistributedDataParallel averages the processes' gradients, and this weight makes that average
+    the gradient of the global batch's mean losses."""
     L, ab = lab[:, :1], lab[:, 1:]
     training = opt_g is not None
+    D_fixed = distributed.unwrapped(D)  # scored outside DDP: it must expect no gradients for D's weights
     with autocast:
         fake_ab = G(L)
         fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
         if training:
-            D.requires_grad_(False)  # the generator's step needs no gradients for D's weights
-        fake_scores = D(fake)
+            D_fixed.requires_grad_(False)  # the generator's step needs no gradients for D's weights
+        fake_scores = D_fixed(fake)
         g_adv = bce(fake_scores, 1.0)
         g_l1 = (ab - fake_ab.float()).abs().mean()
         g_loss = (1 - args.l1_weight) * g_adv + args.l1_weight * g_l1
     if training:
         try:
-            check_finite('generator', g_loss)
+            check_finite('generator', g_loss, procs)
             opt_g.zero_grad(set_to_none=True)
-            scaler.scale(g_loss).backward()
+            scaler.scale(g_loss * share).backward()
             scaler.step(opt_g)
         finally:
-            D.requires_grad_(True)
+            D_fixed.requires_grad_(True)
     with autocast:
         real_logits = D(lab)
         # In eval mode (validation) D is a fixed function, so its score of the fake batch is the
@@ -135,9 +145,9 @@ def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None
         fake_logits = D(fake.detach()) if D.training else fake_scores.detach()
         d_loss = bce(real_logits, args.smoothing) + bce(fake_logits, 0.0)
     if training:
-        check_finite('discriminator', d_loss)
+        check_finite('discriminator', d_loss, procs)
         opt_d.zero_grad(set_to_none=True)
-        scaler.scale(d_loss).backward()
+        scaler.scale(d_loss * share).backward()
         scaler.step(opt_d)
         scaler.update()
     n = lab.shape[0]
@@ -163,7 +173,7 @@ def summary_line(epoch, phase, m, seconds):
 def inference_generator(G, G_ema, train_set, args, device, autocast, memory_format):
     """The generator to validate and save: the averaged weights (or the trained ones), with exact
     batch-norm statistics over a fixed sample of training images (dropout off, as at test time)."""
-    G_eval = copy.deepcopy(G_ema if G_ema is not None else G)
+    G_eval = distributed.unsynchronized(copy.deepcopy(G_ema if G_ema is not None else G))  # the first process's alone
     return utils.recalibrate_generator(G_eval, train_set, args.seed, device, autocast, memory_format)
 
 
@@ -213,10 +223,10 @@ def newest_checkpoint(save_path):
     return max((os.path.join(save_path, n) for n in names), key=os.path.getmtime)
 
 
-def resume_from(path, args, G, G_ema, D, opt_g, opt_d, scaler):
-    """Restore everything a checkpoint holds; returns (epoch, batches done in it, step, the layer
-    forms it was trained with)."""
-    ckpt = utils.load_checkpoint(path)
+def resume_from(ckpt, path, args, G, G_ema, D, opt_g, opt_d, scaler, procs):
+    """Restore everything the checkpoint `ckpt` (read from `path`) holds; returns (epoch, batches
+    done in it, step, the layer forms it was trained with). The checkpoint may come from any
+    number of processes: its step and batch counts are of global batches."""
     if not isinstance(ckpt, dict) or not {'generator', 'generator_train', 'discriminator'} <= set(ckpt):
         raise UserError(f"{path} is not a training checkpoint of this tool (no generator and discriminator)")
     saved = ckpt.get('args', {})
@@ -238,27 +248,42 @@ def resume_from(path, args, G, G_ema, D, opt_g, opt_d, scaler):
                         f"({str(e).strip().splitlines()[0]}); resume with the flags it was trained with")
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
-    torch.set_rng_state(ckpt['rng'])
+    # Each process's own dropout random state where the checkpoint has one for it (the same
+    # number of processes); otherwise the first process's, and fresh ones for the others.
+    states = ckpt.get('rng_per_process') or [ckpt['rng']]
+    if len(states) == procs.world_size or procs.is_main:
+        torch.set_rng_state(states[procs.rank] if len(states) == procs.world_size else states[0])
+    else:
+        torch.manual_seed(process_seed(args.seed, procs.rank, ckpt['step']))
     batches_done = ckpt.get('batches_done', 0)
     if not batches_done:  # a finished epoch: go on with the next one
         return ckpt['epoch'] + 1, 0, ckpt['step'], ckpt.get('layer_forms')
     return ckpt['epoch'], batches_done, ckpt['step'], ckpt.get('layer_forms')
 
 
+def process_seed(seed, rank, step):
+    """The dropout random stream of process `rank` > 0 from `step` on (process 0 uses `seed`'s, as
+    a single process does)."""
+    return seed + 1_000_003 * rank + 7919 * step
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM: finish the current step, checkpoint, exit with 128 + the signal number.
-    A second signal interrupts at once."""
+    A second signal interrupts at once, except under torchrun, where a Ctrl-C reaches every
+    process twice (from the terminal and from the launcher) and the launcher kills what is left
+    after its shutdown timeout."""
 
-    def __init__(self):
+    def __init__(self, second_signal_interrupts=True):
         self.signal = None
+        self.second_signal_interrupts = second_signal_interrupts
         self.previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self.handle)
 
     def handle(self, signum, frame):
-        self.signal = signum
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.signal = self.signal or signum
+        if self.second_signal_interrupts:
+            self.restore()
 
     def restore(self):
         for sig, handler in self.previous.items():
@@ -287,22 +312,26 @@ def adam(params, lr, device):
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=device.type in ('cpu', 'cuda') or None)
 
 
-def choose_layer_forms(G, D, G_ema, args, device, precision, channels_last, saved=None):
+def choose_layer_forms(G, D, G_ema, args, device, precision, channels_last, saved=None,
+                       procs=distributed.Processes()):
     """Measure which form each two-form layer runs fastest in (convolutions.py), or reuse the
     choice `saved` in a checkpoint when it was measured for the same machine and settings.
     Returns the record to save (None where nothing was measured: GPUs, --autotune off) and a line
-    that says what was chosen."""
+    that says what was chosen. Under torchrun the first process measures and all take its choice,
+    so that every process computes the same way."""
     if device.type != 'cpu' or args.autotune == 'off':
         return None, "layer forms: the fixed defaults (--autotune off, or not a CPU)"
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     setting = {'machine': utils.cpu_description(), 'torch': str(torch.__version__), 'precision': precision,
-               'channels_last': channels_last, 'batch_size': args.batch_size}
-    if saved and all(saved.get(k) == v for k, v in setting.items()):
+               'channels_last': channels_last, 'batch_size': args.batch_size, 'processes': procs.world_size}
+    if saved and all(saved.get(k, 1 if k == 'processes' else None) == v for k, v in setting.items()):
         record, how = saved, 'from the checkpoint, measured on this machine'
+    elif not procs.is_main:
+        record, how = None, 'measured by the first process'
     else:
         started = time.time()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        n = min(args.batch_size, AUTOTUNE_IMAGES)
+        n = min(args.batch_size // procs.world_size, AUTOTUNE_IMAGES)  # this process's part of a batch
         autocast = utils.autocast_context(device, precision)
         record = dict(setting)
         for key, model, channels in (('generator', G, 1), ('discriminator', D, 3)):
@@ -310,6 +339,7 @@ def choose_layer_forms(G, D, G_ema, args, device, precision, channels_last, save
             chosen = convolutions.choose_forms(model, sample, autocast)
             record[key] = {name: form for name, (form, _, _) in chosen.items()}
         how = f'measured in {time.time() - started:.1f} s'
+    record = procs.broadcast(record)
     for key, models in (('generator', (G, G_ema)), ('discriminator', (D,))):
         for model in models:
             if model is not None:
@@ -326,63 +356,114 @@ def set_learning_rates(opt_g, opt_d, step, args):
             group['lr'] = utils.learning_rate(base, step, args.lr_decay_rate, args.lr_decay_steps)
 
 
-def train_step(G, D, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast):
-    """Optimizer step number `step` (counted from 1) on a Lab batch: set the learning rates, update
-    both networks, then the averaged generator. Returns gan_step's sums."""
+def train_step(G, D, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast,
+               procs=distributed.Processes(), global_images=None):
+    """Optimizer step number `step` (counted from 1) on a Lab batch (this process's part of a
+    global batch of `global_images`): set the learning rates, update both networks, then the
+    averaged generator. Returns gan_step's sums."""
     set_learning_rates(opt_g, opt_d, step, args)
-    sums = gan_step(G, D, lab, args, opt_g, opt_d, scaler, autocast)
+    share = len(lab) * procs.world_size / (global_images or len(lab))
+    sums = gan_step(G, D, lab, args, opt_g, opt_d, scaler, autocast, procs, share)
     if G_ema is not None:
-        utils.ema_update(G_ema, G, utils.ema_decay(args.ema_decay, step))
+        utils.ema_update(G_ema, distributed.unwrapped(G), utils.ema_decay(args.ema_decay, step))
     return sums
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device)
+    procs = distributed.Processes.from_environment(device.type)
+    try:
+        # Under torchrun only the first process prints; the others print nothing but errors.
+        with open(os.devnull, 'w') as quiet, contextlib.redirect_stdout(sys.stdout if procs.is_main else quiet):
+            return train(args, procs.device(device), procs)
+    except RuntimeError as e:
+        if not (procs.distributed and distributed.lost_contact(e)):
+            raise
+        # Another process failed (and printed why) or was killed: one line, not a traceback.
+        print(f"{os.path.basename(sys.argv[0])}: error: process {procs.rank} of {procs.world_size} lost contact "
+              f"with the others ({str(e).strip().splitlines()[0][:160]}); the run is stopped: see the first "
+              f"error above, then continue with --resume latest", file=sys.stderr)
+        return 1
+    finally:
+        procs.close()
+
+
+def train(args, device, procs):
     precision = utils.resolve_precision(args.precision, device)
     autocast = utils.autocast_context(device, precision)
-    utils.check_writable_folder(args.save_path, '--save_path')
-    utils.check_writable_folder(args.samples_path, '--samples_path')
-    utils.remove_torn_writes(args.save_path, 'checkpoint_')
+    if args.batch_size % procs.world_size:
+        raise UserError(f"--batch_size {args.batch_size} is the global batch, which the {procs.world_size} "
+                        f"processes must share equally: pick a multiple of {procs.world_size}")
     resume_path = args.resume
-    if args.resume == 'latest':
-        resume_path = newest_checkpoint(args.save_path)
-    elif args.start_epoch > 0 and not args.resume:
-        resume_path = checkpoint_path(args.save_path, args.start_epoch - 1)
-    if resume_path and not os.path.isfile(resume_path):
-        raise UserError(f"cannot resume: {resume_path} does not exist")
+    if procs.is_main:
+        utils.check_writable_folder(args.save_path, '--save_path')
+        utils.check_writable_folder(args.samples_path, '--samples_path')
+        utils.remove_torn_writes(args.save_path, 'checkpoint_')
+        if args.resume == 'latest':
+            resume_path = newest_checkpoint(args.save_path)
+        elif args.start_epoch > 0 and not args.resume:
+            resume_path = checkpoint_path(args.save_path, args.start_epoch - 1)
+        if resume_path and not os.path.isfile(resume_path):
+            raise UserError(f"cannot resume: {resume_path} does not exist")
 
     channels_last = use_channels_last(args.channels_last, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(args.seed)
     G, D, opt_g, opt_d = build_networks(args, device, channels_last)
     G_ema = copy.deepcopy(G).requires_grad_(False) if args.ema_decay > 0 else None
+    if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
+        torch.manual_seed(process_seed(args.seed, procs.rank, 0))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
     first_epoch, first_batch, step, saved_forms = args.start_epoch, 0, 0, None
+    # The first process reads the checkpoint and hands it to the others, which need no access to its folder.
+    resume_path = procs.broadcast(resume_path)
     if resume_path:
-        first_epoch, first_batch, step, saved_forms = resume_from(resume_path, args, G, G_ema, D, opt_g, opt_d, scaler)
+        ckpt = procs.broadcast(utils.load_checkpoint(resume_path) if procs.is_main else None)
+        first_epoch, first_batch, step, saved_forms = resume_from(ckpt, resume_path, args, G, G_ema, D,
+                                                                  opt_g, opt_d, scaler, procs)
+        del ckpt
         print(f"resuming from {resume_path}: epoch {first_epoch}, batch {first_batch}, step {step}")
     first_step = step
     if first_epoch >= args.max_epoch:
         raise UserError(f"the checkpoint is at epoch {first_epoch}, which --max_epoch {args.max_epoch} leaves no room for")
 
-    run_info = dict(vars(args), device=str(device), resolved_precision=precision, channels_last_on=channels_last)
+    run_info = dict(vars(args), device=str(device), resolved_precision=precision, channels_last_on=channels_last,
+                    processes=procs.world_size)
     print('options: ' + json.dumps(run_info, sort_keys=True))
     spent = collections.Counter()  # seconds per kind of work, for the closing line
     with timed(spent, 'layer forms'):
-        layer_forms, forms_line = choose_layer_forms(G, D, G_ema, args, device, precision, channels_last, saved_forms)
+        layer_forms, forms_line = choose_layer_forms(G, D, G_ema, args, device, precision, channels_last,
+                                                     saved_forms, procs)
     print(forms_line)
     with timed(spent, 'data'):
+        if procs.local_rank > 0:  # the first process on each machine downloads the data if needed
+            procs.barrier()
         train_set = load_split(args.data_path, train=True)
-        test_set = load_split(args.data_path, train=False)
-    utils.write_json(os.path.join(args.save_path, 'args.json'), dict(run_info, layer_forms=layer_forms))
-    print(f"data: {len(train_set)} training and {len(test_set)} test images; device {device}, precision {precision}")
+        test_set = load_split(args.data_path, train=False) if procs.is_main else None
+        if procs.local_rank == 0:
+            procs.barrier()
+    last_batch = len(train_set) % args.batch_size
+    if 0 < last_batch < procs.world_size:
+        raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
+                        f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
     log_path = os.path.join(args.save_path, 'log.csv')
+    if procs.is_main:
+        utils.write_json(os.path.join(args.save_path, 'args.json'), dict(run_info, layer_forms=layer_forms))
+    print(f"data: {len(train_set)} training images" + (f" and {len(test_set)} test images" if test_set else '') +
+          f"; device {device}, precision {precision}" +
+          (f"; {procs.world_size} processes, {args.batch_size // procs.world_size} images each per step"
+           if procs.distributed else ''))
     G.train(), D.train()
+    # Under torchrun: batch norm over the global batch, gradients averaged by DistributedDataParallel.
+    if procs.distributed:
+        distributed.synchronize_batchnorm(G), distributed.synchronize_batchnorm(D)
+    G_run, D_run = procs.wrap(G), procs.wrap(D)
 
-    def save(path, epoch, batches_done, G_eval=None):
+    def save(path, epoch, batches_done, rng_states, G_eval=None):
         """G_eval: the generator just validated, with exact statistics; without it (mid-epoch
-        saves, Ctrl-C) the checkpoint holds what resuming needs and nothing slower to compute."""
+        saves, Ctrl-C) the checkpoint holds what resuming needs and nothing slower to compute.
+        `rng_states`: every process's random state (procs.gather)."""
         with timed(spent, 'checkpoints'):
             utils.save_checkpoint(path, {
                 'generator': G_eval.state_dict() if G_eval is not None else generator_with_running_statistics(G, G_ema),
@@ -391,14 +472,16 @@ def main(argv=None):
                 'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(),
                 'scaler': scaler.state_dict() if scaler.is_enabled() else {},
                 'epoch': epoch, 'batches_done': batches_done, 'step': step, 'args': vars(args),
-                'rng': torch.get_rng_state(), 'layer_forms': layer_forms,
+                'rng': rng_states[0], 'rng_per_process': rng_states if procs.distributed else None,
+                'layer_forms': layer_forms,
             })
 
-    stop = StopRequest()
+    stop = StopRequest(second_signal_interrupts=not procs.distributed)
     skipped = 0
     try:
         for epoch in range(first_epoch, args.max_epoch):
-            # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
+            # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches,
+            # and so does each process, which takes its part of every batch.
             order = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
             n_batches = train_set.num_batches(args.batch_size)
             start_batch = first_batch if epoch == first_epoch else 0
@@ -406,76 +489,90 @@ def main(argv=None):
             started = time.time()
             saving_before = spent['checkpoints']
             batches = train_set.batches(args.batch_size, shuffle=True, flip=True, generator=order, device=device,
-                                        start=start_batch)
-            bar = tqdm(batches, total=n_batches, initial=start_batch, desc=f'epoch {epoch}', dynamic_ncols=True)
+                                        start=start_batch, share=procs.share)
+            bar = tqdm(batches, total=n_batches, initial=start_batch, desc=f'epoch {epoch}', dynamic_ncols=True,
+                       disable=not procs.is_main)
             batches_done = start_batch
             for _, lab in bar:
                 lab = lab.contiguous(memory_format=memory_format)
+                global_images = min(args.batch_size, len(train_set) - batches_done * args.batch_size)
                 step += 1
                 try:
-                    sums += train_step(G, D, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast)
+                    sums += train_step(G_run, D_run, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast,
+                                       procs, global_images)
                 except NonFiniteLoss as e:
                     if args.nan_policy == 'stop':
+                        if not procs.is_main:
+                            return 2  # the first process says why
                         raise UserError(f"{e} at step {step} (epoch {epoch}); training stopped, the last good "
                                         f"checkpoint in {args.save_path} is kept: lower the learning rates or "
                                         f"resume from it with --nan_policy skip")
                     skipped += 1
-                    tqdm.write(f"step {step}: {e}; step skipped ({skipped} so far)")
+                    if procs.is_main:
+                        tqdm.write(f"step {step}: {e}; step skipped ({skipped} so far)")
                     if G_ema is not None:
                         utils.ema_update(G_ema, G, utils.ema_decay(args.ema_decay, step))
                 batches_done += 1
                 if batches_done % 20 == 0 or batches_done == n_batches:
-                    m = summarize(sums)
+                    m = summarize(procs.sum_(sums.clone()))
                     bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
                                         f"acc {m['d_acc']:.2f} {m['images'] / (time.time() - started):.0f} img/s")
-                if stop.signal is not None:
+                signal_number = procs.max(stop.signal or 0)  # every process stops at the same step
+                if signal_number:
                     bar.close()
                     path = os.path.join(args.save_path, f'checkpoint_step{step}.pt')
-                    save(path, epoch, batches_done)
-                    print(f"interrupted: saved {path} (epoch {epoch}, batch {batches_done} of {n_batches}); "
-                          f"continue with: python train.py --save_path {args.save_path} --resume {path} "
-                          f"(and this run's other flags)", file=sys.stderr)
-                    return 128 + stop.signal
+                    rng_states = procs.gather(torch.get_rng_state())
+                    if procs.is_main:
+                        save(path, epoch, batches_done, rng_states)
+                        print(f"interrupted: saved {path} (epoch {epoch}, batch {batches_done} of {n_batches}); "
+                              f"continue with: python train.py --save_path {args.save_path} --resume {path} "
+                              f"(and this run's other flags)", file=sys.stderr)
+                    procs.barrier()  # no process exits (which ends the run) before the checkpoint is whole
+                    return 128 + signal_number
                 if args.save_steps and step % args.save_steps == 0 and batches_done < n_batches:
-                    save(os.path.join(args.save_path, f'checkpoint_step{step}.pt'), epoch, batches_done)
-                    prune_step_checkpoints(args.save_path)
+                    rng_states = procs.gather(torch.get_rng_state())
+                    if procs.is_main:
+                        save(os.path.join(args.save_path, f'checkpoint_step{step}.pt'), epoch, batches_done, rng_states)
+                        prune_step_checkpoints(args.save_path)
                 if args.max_steps and step >= args.max_steps:
                     break
             bar.close()
             stopping = bool(args.max_steps and step >= args.max_steps)
             train_seconds = time.time() - started
             spent['training steps'] += train_seconds - (spent['checkpoints'] - saving_before)
-            train_m = summarize(sums)
+            train_m = summarize(procs.sum_(sums))
             print(summary_line(epoch, 'train', train_m, train_seconds) + (f", {skipped} steps skipped" if skipped else ''))
+            rng_states = procs.gather(torch.get_rng_state())
+            if procs.is_main:  # validation, pictures, log and checkpoint; the others wait at the barrier
+                started = time.time()
+                G_eval = inference_generator(G, G_ema, train_set, args, device, autocast, memory_format)
+                val_sums, grid_rows = validate(G_eval, D, test_set, args, device, autocast)
+                val_seconds = time.time() - started
+                spent['validation'] += val_seconds
+                val_m = summarize(val_sums)
+                print(summary_line(epoch, 'val', val_m, val_seconds))
+                started = time.time()
 
-            started = time.time()
-            G_eval = inference_generator(G, G_ema, train_set, args, device, autocast, memory_format)
-            val_sums, grid_rows = validate(G_eval, D, test_set, args, device, autocast)
-            val_seconds = time.time() - started
-            spent['validation'] += val_seconds
-            val_m = summarize(val_sums)
-            print(summary_line(epoch, 'val', val_m, val_seconds))
-            started = time.time()
-
-            grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
-            utils.write_image(grid_path, utils.image_grid(grid_rows, border=6, scale=2.2))
-            lr_now = {'lr_gen': opt_g.param_groups[0]['lr'], 'lr_disc': opt_d.param_groups[0]['lr']}
-            for phase, m, seconds in (('train', train_m, train_seconds), ('val', val_m, val_seconds)):
-                utils.append_csv_row(log_path, dict(epoch=epoch, step=step, phase=phase, **m,
-                                                    seconds=round(seconds, 2), skipped_steps=skipped, **lr_now))
-            # The curves are drawn while the checkpoint is written, which waits on the disk.
-            curves = threading.Thread(target=draw_curves, args=(args.save_path,), daemon=True)
-            curves.start()
-            spent['pictures and log'] += time.time() - started
-            if (epoch + 1) % args.save_freq == 0 or stopping or epoch == args.max_epoch - 1:
-                # A run stopped by --max_steps inside an epoch saves it as mid-epoch, so resuming continues it.
-                done = batches_done if batches_done < n_batches else 0
-                path = checkpoint_path(args.save_path, epoch)
-                save(path, epoch, done, G_eval)
-                print(f"saved {path} and {grid_path}")
-            started = time.time()
-            curves.join()
-            spent['pictures and log'] += time.time() - started
+                grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
+                utils.write_image(grid_path, utils.image_grid(grid_rows, border=6, scale=2.2))
+                lr_now = {'lr_gen': opt_g.param_groups[0]['lr'], 'lr_disc': opt_d.param_groups[0]['lr']}
+                for phase, m, seconds in (('train', train_m, train_seconds), ('val', val_m, val_seconds)):
+                    utils.append_csv_row(log_path, dict(epoch=epoch, step=step, phase=phase, **m,
+                                                        seconds=round(seconds, 2), skipped_steps=skipped, **lr_now))
+                # The curves are drawn while the checkpoint is written, which waits on the disk.
+                curves = threading.Thread(target=draw_curves, args=(args.save_path,), daemon=True)
+                curves.start()
+                spent['pictures and log'] += time.time() - started
+                if (epoch + 1) % args.save_freq == 0 or stopping or epoch == args.max_epoch - 1:
+                    # A run stopped by --max_steps inside an epoch saves it as mid-epoch, so resuming continues it.
+                    done = batches_done if batches_done < n_batches else 0
+                    path = checkpoint_path(args.save_path, epoch)
+                    save(path, epoch, done, rng_states, G_eval)
+                    print(f"saved {path} and {grid_path}")
+                started = time.time()
+                curves.join()
+                spent['pictures and log'] += time.time() - started
+            procs.barrier()
             if stopping:
                 print(f"stopped after --max_steps {args.max_steps} steps")
                 break

@@ -2,8 +2,10 @@ import contextlib
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,29 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')
+
+
+def pytest_configure(config):
+    """Temporary folders in memory where the machine has /dev/shm: the tests write checkpoints of
+    300 MB by the dozen, and their fsync to disk would be a large part of the suite's time."""
+    if config.option.basetemp is None and os.access('/dev/shm', os.W_OK) and not hasattr(config, 'workerinput'):
+        config.option.basetemp = tempfile.mkdtemp(prefix='colorization-tests-', dir='/dev/shm')
+        config.memory_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    if getattr(config, 'memory_basetemp', None):
+        shutil.rmtree(config.memory_basetemp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _free_memory_after_each_test(request):
+    """In memory, a test's folder is removed as soon as it ends (pytest would keep them all)."""
+    in_memory = getattr(request.config, 'memory_basetemp', None) and 'tmp_path' in request.fixturenames
+    folder = request.getfixturevalue('tmp_path') if in_memory else None
+    yield
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def smooth_images(n, seed):

@@ -1,13 +1,11 @@
 import csv
 import os
-import subprocess
-import sys
 
 import cv2
 import pytest
 
 import plot
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 from utils import UserError
 
 COLUMNS = ('epoch', 'step', 'phase', 'g_adv', 'g_l1', 'g_loss', 'd_loss', 'd_acc', 'd_acc_real', 'd_acc_fake',
@@ -61,8 +59,7 @@ def test_a_missing_or_empty_log_ends_with_one_line(tmp_path, content):
         (tmp_path / 'log.csv').write_text(content)
     with pytest.raises(UserError):
         plot.draw_curves(str(tmp_path))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'plot.py'), '--save_path', str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = run_in_process(plot.main, ['--save_path', str(tmp_path)])
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'log.csv' in r.stderr
     assert not os.path.exists(tmp_path / 'curves.png')

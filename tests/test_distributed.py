@@ -1,0 +1,124 @@
+"""Training over several processes: the same experiment as one process, computed in two Gloo
+processes started here (torchrun is exercised in tests/test_train_distributed.py)."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import distributed
+import train
+from conftest import smooth_images
+from models import Discriminator, Generator
+from utils import rgb_to_lab
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_in_two_processes(worker, *args):
+    """Run worker(procs, *args) in 2 Gloo processes; returns what the first one returned."""
+    with torch.multiprocessing.get_context('spawn').Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_entry, args=(worker, free_port(), results, args), nprocs=2, join=True)
+        return results[0]
+
+
+def _entry(rank, worker, port, results, args):
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    try:
+        results[rank] = worker(distributed.Processes(rank, 2, rank), *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def lab_batch(n, seed=5):
+    return torch.from_numpy(rgb_to_lab(smooth_images(n, seed=seed), network_scale=True)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_processes_share_every_batch_in_consecutive_parts_that_differ_by_at_most_one():
+    batch = torch.arange(11)
+    parts = [distributed.Processes(rank, 3).share(batch) for rank in range(3)]
+    assert [len(p) for p in parts] == [4, 4, 3]
+    assert torch.equal(torch.cat(parts), batch)
+    assert distributed.Processes().share(batch) is batch
+
+
+def _batchnorm_worker(procs, x, upstream):
+    bn = distributed.synchronize_batchnorm(nn.Sequential(nn.BatchNorm2d(3).double()))
+    part = procs.share(x).clone().requires_grad_()
+    y = bn(part)
+    (y * procs.share(upstream)).sum().backward()
+    return {'y': y.detach(), 'grad_x': part.grad, 'grad_w': bn[0].weight.grad, 'grad_b': bn[0].bias.grad,
+            'running_mean': bn[0].running_mean, 'running_var': bn[0].running_var}
+
+
+def test_synchronized_batch_norm_computes_batch_norm_of_the_whole_global_batch():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64) * 3 + 1
+    upstream = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    got = run_in_two_processes(_batchnorm_worker, x, upstream)
+    bn = nn.BatchNorm2d(3).double()
+    whole = x.clone().requires_grad_()
+    y = bn(whole)
+    (y * upstream).sum().backward()
+    first = slice(0, 3)
+    torch.testing.assert_close(got['y'], y[first].detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got['grad_x'], whole.grad[first], rtol=0, atol=1e-12)
+    # each process holds its own part of the parameter gradients; their sum is the whole batch's
+    assert got['grad_w'].shape == bn.weight.grad.shape
+    torch.testing.assert_close(got['running_mean'], bn.running_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got['running_var'], bn.running_var, rtol=0, atol=1e-12)
+
+
+def _step_worker(procs, cases, lab):
+    results = []
+    for args in cases:
+        G, D, opt_g, opt_d = networks_in_fp64(args)
+        distributed.synchronize_batchnorm(G), distributed.synchronize_batchnorm(D)
+        G_run, D_run = procs.wrap(G), procs.wrap(D)
+        scaler = torch.amp.GradScaler('cpu', enabled=False)
+        sums = train.train_step(G_run, D_run, None, opt_g, opt_d, scaler, procs.share(lab), 1, args,
+                                torch.autocast('cpu', enabled=False), procs, len(lab))
+        results.append({'sums': procs.sum_(sums), 'G': grads(G), 'D': grads(D), 'D_buffers': dict(D.named_buffers())})
+    return results
+
+
+def networks_in_fp64(args):
+    torch.manual_seed(0)
+    G, D = Generator(args.gen_norm, args.gen_dropout).double(), Discriminator(args.disc_norm).double()
+    sgd = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (G, D)]
+    return G, D, *sgd
+
+
+def grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_a_step_in_two_processes_computes_the_gradients_of_one_process():
+    """In fp64, so that only real differences show: the global batch split in two uneven parts
+    (2 + 1 images), batch norm over both, losses weighted by each part's size; with the
+    batch-norm and the spectral-norm discriminator."""
+    cases = [train.parse_args(['--gen_dropout', '0', '--disc_norm', norm]) for norm in ('batch', 'spectral')]
+    lab = lab_batch(3).double()
+    everything = run_in_two_processes(_step_worker, cases, lab)
+    for args, got in zip(cases, everything):
+        G, D, opt_g, opt_d = networks_in_fp64(args)
+        sums = train.train_step(G, D, None, opt_g, opt_d, torch.amp.GradScaler('cpu', enabled=False), lab, 1, args,
+                                torch.autocast('cpu', enabled=False))
+        torch.testing.assert_close(got['sums'], sums, rtol=1e-6, atol=1e-9)
+        for name, model in (('G', G), ('D', D)):
+            expected = grads(model)
+            # relative to the network's largest gradient: biases that batch norm cancels get pure rounding noise
+            scale = max(g.abs().max().item() for g in expected.values())
+            for key, grad in expected.items():
+                assert (got[name][key] - grad).abs().max().item() <= 1e-7 * scale, f"{args.disc_norm}: {name}.{key}"
+        for key, buffer in D.named_buffers():
+            torch.testing.assert_close(got['D_buffers'][key].double(), buffer.double(), rtol=1e-6, atol=1e-9)
