@@ -9,6 +9,8 @@ import torch
 from utils import UserError, rgb_to_lab
 
 CIFAR_FOLDER = 'cifar-10-batches-py'
+# The names of the labels 0 to 9 (batches.meta of the official archive).
+CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR_MD5 = 'c58f30108f718f92721af3b95e74349a'
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))

@@ -7,6 +7,7 @@ baseline (ab = 0) is scored alongside.
 import html
 import os
 import sys
+import webbrowser
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from dataset import load_split
+from dataset import CLASS_NAMES, load_split
 from utils import UserError, number_in
 
 GRID_ROWS = 14
@@ -34,7 +35,9 @@ def parse_args(argv=None):
                    help=f'how many grids of {GRID_ROWS} test images to draw (default: 5)')
     p.add_argument('--keep_dropout', action='store_true',
                    help="keep the generator's dropout on at test time (default: off, see README)")
-    p.add_argument('--show', action='store_true', help='also show the grids in a window')
+    p.add_argument('--show', action='store_true', help="open the results page in the default web browser")
+    p.add_argument('--per_class', action='store_true',
+                   help='also print the scores per CIFAR-10 class (metrics.json and the results page always have them)')
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, mps')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto', help='(default: auto)')
     args = p.parse_args(argv)
@@ -43,26 +46,33 @@ def parse_args(argv=None):
     return args
 
 
-def show_grids(paths):
+def show_page(path):
+    """Open the results page in the user's browser; where there is none (no display), say where it is."""
+    uri = 'file://' + os.path.abspath(path)
     if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
-        print('--show: this machine has no display; the grids are in the files above')
-        return
-    try:
-        for path in paths:
-            cv2.imshow(os.path.basename(path), cv2.imread(path))
-            cv2.waitKey(0)
-        cv2.destroyAllWindows()
-    except cv2.error:
-        print('--show: this OpenCV build has no window support; the grids are in the files above')
+        print(f"--show: this machine has no display; open {uri} in a browser")
+    elif not webbrowser.open(uri):
+        print(f"--show: no web browser was found; open {uri} in a browser")
 
 
-def format_table(results, truth_colorfulness):
-    header = f"{'':28s} {'mean|ab err|':>12s} {'MAE':>8s} {'PSNR dB':>8s} {'Nazeri acc':>10s} {'colorful':>9s}"
+def format_table(results, truth_colorfulness, first_column=''):
+    header = f"{first_column:28s} {'mean|ab err|':>12s} {'MAE':>8s} {'PSNR dB':>8s} {'Nazeri acc':>10s} {'colorful':>9s}"
     lines = [header]
     for label, r in results.items():
         lines.append(f"{label[:28]:28s} {r['mean_ab_error']:12.4f} {r['mae']:8.3f} {r['psnr']:8.3f} "
                      f"{100 * r['nazeri_accuracy']:9.1f}% {r['colorfulness']:9.2f}")
     lines.append(f"{'ground truth':28s} {'':12s} {'':8s} {'':8s} {'':10s} {truth_colorfulness:9.2f}")
+    return '\n'.join(lines)
+
+
+def format_class_table(per_class, labels):
+    """Per CIFAR-10 class: each checkpoint's mean |ab error| and colorfulness, and the truth's colorfulness."""
+    header = f"{'class':12s}" + ''.join(f" {label[:18]:>18s}" for label in labels) + f" {'truth':>8s}"
+    lines = [header, f"{'':12s}" + ' ' * len(labels) * 19 + ' (mean |ab error| / colorfulness)']
+    for name in per_class[labels[0]]:
+        cells = ''.join(f" {per_class[label][name]['mean_ab_error']:9.4f}/{per_class[label][name]['colorfulness']:8.2f}"
+                        for label in labels)
+        lines.append(f"{name:12s}{cells} {per_class[labels[0]][name]['truth_colorfulness']:8.2f}")
     return '\n'.join(lines)
 
 
@@ -88,7 +98,7 @@ figure { margin: 0; } figcaption { font-size: 13px; color: #555; max-width: 500p
 img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
 
 
-def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout):
+def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout, per_class):
     """One self-contained HTML page: the metrics table, what each measure means, and the grids
     (linked by file name, so the page goes along with the folder)."""
     esc = html.escape
@@ -97,6 +107,11 @@ def write_results_page(path, results, labels, grid_paths, truth_colorfulness, pr
             + '</tr>' for label, r in results.items()]
     rows.append(f'<tr class="truth"><td>ground truth</td>{"<td></td>" * (len(MEASURES) - 1)}'
                 f'<td>{truth_colorfulness:.2f}</td></tr>')
+    class_head = ''.join(f'<th>{esc(label)}: mean |ab error|</th><th>{esc(label)}: colorfulness</th>' for label in labels)
+    class_rows = [f'<tr><td>{esc(name)}</td>' + ''.join(
+        f"<td>{per_class[label][name]['mean_ab_error']:.4f}</td><td>{per_class[label][name]['colorfulness']:.2f}</td>"
+        for label in labels) + f"<td>{per_class[BASELINE][name]['truth_colorfulness']:.2f}</td></tr>"
+        for name in per_class[BASELINE]]
     meanings = ''.join(f'<dt>{esc(title)}</dt><dd>{esc(meaning)}</dd>' for _, title, _, meaning in MEASURES)
     columns = esc(', '.join(['original', 'grayscale'] + labels))
     figures = []
@@ -115,6 +130,10 @@ dropout {'on' if keep_dropout else 'off'} at test time.</p>
 {chr(10).join(rows)}
 </table>
 <dl>{meanings}</dl>
+<h2>Per class</h2>
+<table><tr><th>class</th>{class_head}<th>ground truth: colorfulness</th></tr>
+{chr(10).join(class_rows)}
+</table>
 <h2>Grids</h2>
 <div class="grids">{''.join(figures) or '<p>none drawn (--num_grids 0)</p>'}</div>
 </body></html>
@@ -145,21 +164,29 @@ def main(argv=None):
         utils.set_dropout(G, args.keep_dropout)
 
     scores = {label: utils.ColorizationScores() for label in [BASELINE] + labels}
+    class_scores = {label: {name: utils.ColorizationScores() for name in CLASS_NAMES} for label in [BASELINE] + labels}
     n_grid_images = args.num_grids * GRID_ROWS
     columns = []  # per image drawn: original, grayscale, then one per generator
     batches = test_set.batches(args.batch_size, device=device)
     for idx, lab in tqdm(batches, total=test_set.num_batches(args.batch_size), desc='colorize', dynamic_ncols=True):
         L, ab = lab[:, :1], lab[:, 1:]
         truth = test_set.rgb[idx.numpy()]
+        classes = test_set.labels[idx.numpy()]
         gray = utils.network_to_rgb(L, torch.zeros_like(ab))
-        scores[BASELINE].add(torch.zeros_like(ab), ab, gray, truth)
         predictions = []
-        for label, G in zip(labels, generators):
-            with autocast:
-                fake_ab = G(L).float()
-            rgb = utils.network_to_rgb(L, fake_ab)
+        for label, G in [(BASELINE, None)] + list(zip(labels, generators)):
+            if G is None:
+                fake_ab, rgb = torch.zeros_like(ab), gray
+            else:
+                with autocast:
+                    fake_ab = G(L).float()
+                rgb = utils.network_to_rgb(L, fake_ab)
+                predictions.append(rgb)
             scores[label].add(fake_ab, ab, rgb, truth)
-            predictions.append(rgb)
+            for c in np.unique(classes):
+                members = classes == c
+                picked = torch.from_numpy(members).to(fake_ab.device)
+                class_scores[label][CLASS_NAMES[c]].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
         for i in range(min(len(truth), n_grid_images - len(columns))):
             columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
 
@@ -172,18 +199,23 @@ def main(argv=None):
         grid_paths.append(path)
 
     results = {label: s.result() for label, s in scores.items()}
+    per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
+                 for label, by_class in class_scores.items()}
     truth_colorfulness = results[BASELINE]['truth_colorfulness']
     print(format_table(results, truth_colorfulness))
+    if args.per_class:
+        print(format_class_table(per_class, labels))
     metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, args.checkpoints)},
-               'baseline': results[BASELINE], 'truth_colorfulness': truth_colorfulness,
+               'baseline': results[BASELINE], 'truth_colorfulness': truth_colorfulness, 'per_class': per_class,
                'images': results[BASELINE]['images'], 'precision': precision, 'keep_dropout': args.keep_dropout}
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
     print(f"wrote {len(grid_paths)} grids and metrics.json to {args.save_path}")
     page_path = os.path.join(args.save_path, 'index.html')
-    write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, precision, args.keep_dropout)
+    write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, precision, args.keep_dropout,
+                       per_class)
     print(f"wrote the results page {page_path}")
     if args.show:
-        show_grids(grid_paths)
+        show_page(page_path)
     return 0
 
 

@@ -9,6 +9,7 @@ import torch
 import test as test_cli
 import train
 from conftest import ROOT, SHARED_DATA, run_in_process, smooth_images
+from dataset import CLASS_NAMES, load_split
 from models import Discriminator, Generator
 from utils import autocast_context, rgb_to_lab
 
@@ -173,3 +174,30 @@ def test_test_py_writes_a_results_page_that_matches_its_metrics(tiny_cifar, tmp_
             assert f'<td>{figure}</td>' in page
     assert f"<td>{metrics['truth_colorfulness']:.2f}</td>" in page
     assert f"{metrics['images']} CIFAR-10 test images; precision fp32" in page
+
+
+def test_test_py_scores_each_class_and_the_classes_add_up_to_the_whole(tiny_cifar, tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    ckpt, out = str(tmp_path / 'g.pt'), str(tmp_path / 'out')
+    torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
+    opened = []
+    monkeypatch.setattr(test_cli.webbrowser, 'open', lambda uri: opened.append(uri) or True)
+    monkeypatch.setenv('DISPLAY', ':0')
+    r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', ckpt, '--save_path', out, '--batch_size', '10',
+            '--num_grids', '0', '--precision', 'fp32', '--per_class', '--show')
+    assert r.returncode == 0, r.stderr
+    assert opened == ['file://' + os.path.abspath(os.path.join(out, 'index.html'))]
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    classes = metrics['per_class']['g.pt']
+    labels = [int(l) for l in load_split(tiny_cifar, train=False).labels]  # the test images' classes
+    assert {name: m['images'] for name, m in classes.items()} == \
+           {CLASS_NAMES[c]: labels.count(c) for c in set(labels)}
+    for key in ('mean_ab_error', 'mae', 'colorfulness'):  # every pixel counts once: image-weighted means
+        whole = sum(m[key] * m['images'] for m in classes.values()) / metrics['images']
+        assert whole == pytest.approx(metrics['checkpoints']['g.pt'][key], rel=1e-6)  # fp32 sums per batch
+    assert all(f'{name:12s}' in r.stdout for name in classes)  # the printed per-class rows
+    assert '<h2>Per class</h2>' in open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    monkeypatch.delenv('DISPLAY')
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    test_cli.show_page(os.path.join(out, 'index.html'))
+    assert 'no display; open file://' in capsys.readouterr().out and len(opened) == 1
