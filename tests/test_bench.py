@@ -9,7 +9,7 @@ def test_bench_reports_rates_flops_utilisation_and_the_reference_side_by_side(tm
     out = tmp_path / 'bench.json'
     r = subprocess.run([sys.executable, 'bench.py', '--data_path', tiny_cifar, '--batch_sizes', '4',
                         '--recipes', 'spectral', '--windows', '1', '--seconds', '0.2', '--baseline',
-                        '--num_workers', '1', '--json', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        '--num_workers', '1', '--autotune', 'off', '--json', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result['load_images'] == 80 + 24

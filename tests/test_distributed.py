@@ -39,6 +39,22 @@ def _entry(rank, worker, port, results, args):
         dist.destroy_process_group()
 
 
+def _both_worker(procs, x, upstream, cases, lab):
+    return {'batchnorm': _batchnorm_worker(procs, x, upstream), 'step': _step_worker(procs, cases, lab)}
+
+
+@pytest.fixture(scope='module')
+def two_process_results():
+    """What two Gloo processes compute, for the tests below: started once (a start costs seconds)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64) * 3 + 1
+    upstream = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    cases = [train.parse_args(['--gen_dropout', '0', '--disc_norm', norm]) for norm in ('batch', 'spectral')]
+    lab = lab_batch(3).double()
+    got = run_in_two_processes(_both_worker, x, upstream, cases, lab)
+    return {'batchnorm': (x, upstream, got['batchnorm']), 'step': (cases, lab, got['step'])}
+
+
 def lab_batch(n, seed=5):
     return torch.from_numpy(rgb_to_lab(smooth_images(n, seed=seed), network_scale=True)).permute(0, 3, 1, 2).contiguous()
 
@@ -60,11 +76,8 @@ def _batchnorm_worker(procs, x, upstream):
             'running_mean': bn[0].running_mean, 'running_var': bn[0].running_var}
 
 
-def test_synchronized_batch_norm_computes_batch_norm_of_the_whole_global_batch():
-    torch.manual_seed(0)
-    x = torch.randn(6, 3, 4, 4, dtype=torch.float64) * 3 + 1
-    upstream = torch.randn(6, 3, 4, 4, dtype=torch.float64)
-    got = run_in_two_processes(_batchnorm_worker, x, upstream)
+def test_synchronized_batch_norm_computes_batch_norm_of_the_whole_global_batch(two_process_results):
+    x, upstream, got = two_process_results['batchnorm']
     bn = nn.BatchNorm2d(3).double()
     whole = x.clone().requires_grad_()
     y = bn(whole)
@@ -102,13 +115,11 @@ def grads(model):
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def test_a_step_in_two_processes_computes_the_gradients_of_one_process():
+def test_a_step_in_two_processes_computes_the_gradients_of_one_process(two_process_results):
     """In fp64, so that only real differences show: the global batch split in two uneven parts
     (2 + 1 images), batch norm over both, losses weighted by each part's size; with the
     batch-norm and the spectral-norm discriminator."""
-    cases = [train.parse_args(['--gen_dropout', '0', '--disc_norm', norm]) for norm in ('batch', 'spectral')]
-    lab = lab_batch(3).double()
-    everything = run_in_two_processes(_step_worker, cases, lab)
+    cases, lab, everything = two_process_results['step']
     for args, got in zip(cases, everything):
         G, D, opt_g, opt_d = networks_in_fp64(args)
         sums = train.train_step(G, D, None, opt_g, opt_d, torch.amp.GradScaler('cpu', enabled=False), lab, 1, args,

@@ -67,22 +67,19 @@ def test_two_processes_train_what_one_process_trains_and_resume_across_process_c
     assert '2 processes, 16 images each per step' in r.stdout
     r1 = run_in_process(train.main, flags(tiny_cifar, one, '--max_steps', '3', '--save_steps', '2'))
     assert r1.returncode == 0, r1.stderr[-2000:]
-    # The yardstick: one process again, rounding differently (another memory layout).
-    other = tmp_path / 'one_other_rounding'
-    assert run_in_process(train.main, flags(tiny_cifar, other, '--max_steps', '3', '--channels_last', 'off')).returncode == 0
 
     # One writer: each epoch logged once; the same files as one process writes.
     assert len(log_rows(two)) == 2
     assert sorted(os.listdir(two / 'ck')) == sorted(os.listdir(one / 'ck'))
     assert_same_run(log_rows(two), log_rows(one))
     g1, d1 = outputs_on_a_fixed_batch(one / 'ck' / 'checkpoint_ep0.pt')
-    g, d = outputs_on_a_fixed_batch(other / 'ck' / 'checkpoint_ep0.pt')
-    g_spread, d_spread = (g - g1).abs().max().item(), (d - d1).abs().max().item()
 
     def assert_as_close_as_rounding_allows(checkpoint):
+        # Two 1-process runs that round differently (1 or 2 threads, either memory layout) differ
+        # by up to 0.18 in G's and 0.01 in D's outputs after 5 steps (docs/distributed.md); these
+        # run 3. Networks that had not trained alike would differ by the outputs' whole range.
         g, d = outputs_on_a_fixed_batch(checkpoint)
-        assert (g - g1).abs().max().item() <= 3 * g_spread + 0.01
-        assert (d - d1).abs().max().item() <= 3 * d_spread + 0.01
+        assert (g - g1).abs().max().item() < 0.3 and (d - d1).abs().max().item() < 0.1
 
     assert_as_close_as_rounding_allows(two / 'ck' / 'checkpoint_ep0.pt')
 
