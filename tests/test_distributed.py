@@ -23,11 +23,15 @@ def free_port():
 
 
 def run_in_two_processes(worker, *args):
-    """Run worker(procs, *args) in 2 Gloo processes; returns what the first one returned."""
+    """Run worker(procs, *args) in 2 Gloo processes; returns what the first one returned, with
+    the second's under the key 'second process' where it returned a dict."""
     with torch.multiprocessing.get_context('spawn').Manager() as manager:
         results = manager.dict()
         mp.spawn(_entry, args=(worker, free_port(), results, args), nprocs=2, join=True)
-        return results[0]
+        first = results[0]
+        if isinstance(first, dict):
+            first['second process'] = results[1]
+        return first
 
 
 def _entry(rank, worker, port, results, args):
@@ -39,20 +43,47 @@ def _entry(rank, worker, port, results, args):
         dist.destroy_process_group()
 
 
-def _both_worker(procs, x, upstream, cases, lab):
-    return {'batchnorm': _batchnorm_worker(procs, x, upstream), 'step': _step_worker(procs, cases, lab)}
+def _both_worker(procs, x, upstream, cases, lab, checkpoint):
+    return {'batchnorm': _batchnorm_worker(procs, x, upstream), 'step': _step_worker(procs, cases, lab),
+            'resume': _resume_worker(procs, checkpoint)}
+
+
+def one_process_checkpoint(path):
+    """A mid-epoch checkpoint as one process writes it (step 7, batch 2 of epoch 0)."""
+    args = train.parse_args(['--seed', '5'])
+    torch.manual_seed(1)
+    G, D, opt_g, opt_d = train.build_networks(args, torch.device('cpu'))
+    torch.save({'generator': G.state_dict(), 'generator_train': G.state_dict(), 'discriminator': D.state_dict(),
+                'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(), 'epoch': 0, 'batches_done': 2,
+                'step': 7, 'args': vars(args), 'rng': torch.manual_seed(123).get_state(), 'rng_per_process': None}, path)
+    return path
+
+
+def _resume_worker(procs, checkpoint):
+    args = train.parse_args(['--seed', '5'])
+    torch.manual_seed(2)  # other weights than the checkpoint's
+    G, D, opt_g, opt_d = train.build_networks(args, torch.device('cpu'))
+    ckpt = torch.load(checkpoint, weights_only=True)
+    position = train.resume_from(ckpt, checkpoint, args, G, None, D, opt_g, opt_d,
+                                 torch.amp.GradScaler('cpu', enabled=False), procs)
+    expected_rng = ckpt['rng'] if procs.is_main else torch.Generator().manual_seed(train.process_seed(5, procs.rank, 7)).get_state()
+    return {'position': position,
+            'weights': all(torch.equal(v, ckpt['generator_train'][k]) for k, v in G.state_dict().items()),
+            'rng': torch.equal(torch.get_rng_state(), expected_rng)}
 
 
 @pytest.fixture(scope='module')
-def two_process_results():
+def two_process_results(tmp_path_factory):
     """What two Gloo processes compute, for the tests below: started once (a start costs seconds)."""
+    checkpoint = one_process_checkpoint(str(tmp_path_factory.mktemp('resume') / 'checkpoint_step7.pt'))
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, 4, dtype=torch.float64) * 3 + 1
     upstream = torch.randn(6, 3, 4, 4, dtype=torch.float64)
     cases = [train.parse_args(['--gen_dropout', '0', '--disc_norm', norm]) for norm in ('batch', 'spectral')]
     lab = lab_batch(3).double()
-    got = run_in_two_processes(_both_worker, x, upstream, cases, lab)
-    return {'batchnorm': (x, upstream, got['batchnorm']), 'step': (cases, lab, got['step'])}
+    got = run_in_two_processes(_both_worker, x, upstream, cases, lab, checkpoint)
+    return {'batchnorm': (x, upstream, got['batchnorm']), 'step': (cases, lab, got['step']), 'resume': got['resume'],
+            'second process': got['second process']}
 
 
 def lab_batch(n, seed=5):
@@ -133,3 +164,11 @@ def test_a_step_in_two_processes_computes_the_gradients_of_one_process(two_proce
                 assert (got[name][key] - grad).abs().max().item() <= 1e-7 * scale, f"{args.disc_norm}: {name}.{key}"
         for key, buffer in D.named_buffers():
             torch.testing.assert_close(got['D_buffers'][key].double(), buffer.double(), rtol=1e-6, atol=1e-9)
+
+
+def test_two_processes_resume_a_one_process_checkpoint(two_process_results):
+    """A 1-process checkpoint under torchrun: both processes take its weights and position; the
+    first continues its random stream, the second starts its own, derived from (seed, rank, step)."""
+    for got in (two_process_results['resume'], two_process_results['second process']['resume']):
+        assert got['position'] == (0, 2, 7, None)
+        assert got['weights'] and got['rng']

@@ -59,8 +59,8 @@ def assert_same_run(rows_a, rows_b, rel=0.01):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=rel), (a['epoch'], a['phase'], key)
 
 
-def test_two_processes_train_what_one_process_trains_and_resume_across_process_counts(tiny_cifar, tmp_path):
-    two, one, two_then_one, one_then_two = (tmp_path / name for name in ('two', 'one', 'two_then_one', 'one_then_two'))
+def test_two_processes_train_what_one_process_trains_and_one_process_resumes_them(tiny_cifar, tmp_path):
+    two, one, two_then_one = (tmp_path / name for name in ('two', 'one', 'two_then_one'))
     r = torchrun(flags(tiny_cifar, two, '--max_steps', '3', '--save_steps', '2'))
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('options: ') == 1  # only the first process prints
@@ -83,14 +83,13 @@ def test_two_processes_train_what_one_process_trains_and_resume_across_process_c
 
     assert_as_close_as_rounding_allows(two / 'ck' / 'checkpoint_ep0.pt')
 
-    # A 2-process checkpoint resumed by one process, and the reverse, finish as the straight runs do.
+    # A 2-process checkpoint resumed by one process finishes as the straight runs do (the reverse:
+    # test_distributed.py's resume test, and docs/distributed.md).
     r = run_in_process(train.main, flags(tiny_cifar, two_then_one, '--max_steps', '3',
                                          '--resume', str(two / 'ck' / 'checkpoint_step2.pt')))
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'resuming from' in r.stdout and 'epoch 0, batch 2, step 2' in r.stdout
-    r = torchrun(flags(tiny_cifar, one_then_two, '--max_steps', '3', '--resume', str(one / 'ck' / 'checkpoint_step2.pt')))
-    assert r.returncode == 0, r.stderr[-3000:]
-    for resumed in (two_then_one, one_then_two):
+    for resumed in (two_then_one,):
         assert_same_run(log_rows(resumed)[-1:], log_rows(one)[-1:])  # the validation of the final networks
         assert_as_close_as_rounding_allows(resumed / 'ck' / 'checkpoint_ep0.pt')
 
