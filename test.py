@@ -24,8 +24,11 @@ BASELINE = 'no color (ab=0)'
 
 def parse_args(argv=None):
     p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--checkpoints', nargs='+', required=True, metavar='CK.pt',
-                   help="train.py checkpoints, or bare generator state dicts in the reference's layout")
+    p.add_argument('--checkpoints', nargs='+', metavar='CK.pt',
+                   help="train.py checkpoints, or bare generator state dicts in the reference's layout "
+                        "(default: the two generators the reference published, downloaded once into --weights_cache)")
+    p.add_argument('--weights_cache', default=utils.default_weights_cache(),
+                   help="where the reference's published generators are kept (default: %(default)s)")
     p.add_argument('--labels', nargs='+', help='names for the checkpoints in pictures and tables (default: file names)')
     p.add_argument('--data_path', default='./data', help='where CIFAR-10 is (default: ./data)')
     p.add_argument('--save_path', default='output_imgs/',
@@ -41,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, mps')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto', help='(default: auto)')
     args = p.parse_args(argv)
-    if args.labels and len(args.labels) != len(args.checkpoints):
+    if args.labels and len(args.labels) != len(args.checkpoints or utils.PUBLISHED_GENERATORS):
         p.error(f"--labels has {len(args.labels)} names for {len(args.checkpoints)} checkpoints")
     return args
 
@@ -147,6 +150,10 @@ def main(argv=None):
     device = utils.pick_device(args.device)
     precision = utils.resolve_precision(args.precision, device)
     autocast = utils.autocast_context(device, precision)
+    if not args.checkpoints:  # as the reference's test.py: its two published generators, side by side
+        published = utils.fetch_published_generators(args.weights_cache)
+        args.checkpoints = [path for _, path in published]
+        args.labels = args.labels or [label for label, _ in published]
     labels = args.labels or [os.path.basename(p) for p in args.checkpoints]
     if len(set(labels)) != len(labels):
         raise UserError("two checkpoints share a label: name them apart with --labels")

@@ -1,7 +1,11 @@
+import functools
+import http.server
 import importlib
+import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -9,6 +13,8 @@ import torch
 
 import utils
 from conftest import ROOT, run_in_process
+from models import Generator
+from utils import UserError
 
 
 def cie_lab_reference(rgb_uint8):
@@ -162,3 +168,67 @@ def test_column_titles_never_break_inside_a_word():
                 assert word in words or (word.endswith('.') and any(w.startswith(word[:-1]) for w in words))
     assert utils.header_lines('original', width)[0] == ['original']
     assert utils.header_lines('grayscale', width)[0] == ['grayscale']
+
+
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A local HTTP server for the published-weights download: two generator state dicts in the
+    reference's layout, a web page posing as weights, and a truncated file."""
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    torch.manual_seed(0)
+    state = Generator('batch').state_dict()
+    torch.save(state, folder / 'bn.pt')
+    torch.save(state, folder / 'sn.pt')
+    (folder / 'page.pt').write_text('<!DOCTYPE html><html><body>Dropbox: sign in</body></html>')
+    whole = (folder / 'bn.pt').read_bytes()
+    (folder / 'cut.pt').write_bytes(whole[:len(whole) // 2])
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(QuietFileHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{server.server_port}'
+    server.shutdown()
+
+
+def test_the_published_generators_are_fetched_once_and_scored_side_by_side(weights_server, tiny_cifar, tmp_path,
+                                                                          monkeypatch):
+    import test as test_cli
+    published = (('batch-norm recipe', f'{weights_server}/bn.pt'), ('spectral-norm recipe', f'{weights_server}/sn.pt'))
+    monkeypatch.setattr(utils, 'PUBLISHED_GENERATORS', published)
+    cache, out = tmp_path / 'cache', tmp_path / 'out'
+    argv = ['--data_path', tiny_cifar, '--weights_cache', str(cache), '--save_path', str(out), '--num_grids', '0',
+            '--precision', 'fp32']
+    r = run_in_process(test_cli.main, argv)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(cache)) == ['bn.pt', 'sn.pt']
+    assert set(json.load(open(out / 'metrics.json'))['checkpoints']) == {'batch-norm recipe', 'spectral-norm recipe'}
+    # once fetched, they come from the cache: a dead server does not matter
+    monkeypatch.setattr(utils, 'PUBLISHED_GENERATORS', tuple((label, 'http://127.0.0.1:9/' + url.rsplit('/', 1)[1])
+                                                              for label, url in published))
+    assert run_in_process(test_cli.main, argv).returncode == 0
+
+
+@pytest.mark.parametrize('name, words', [('page.pt', 'web page'), ('cut.pt', 'corrupt, truncated'),
+                                         ('missing.pt', '404')])
+def test_a_bad_answer_is_one_line_and_leaves_nothing_in_the_cache(weights_server, tmp_path, name, words):
+    published = (('batch-norm recipe', f'{weights_server}/{name}'), ('spectral-norm recipe', f'{weights_server}/sn.pt'))
+    cache = tmp_path / 'cache'
+    with pytest.raises(UserError) as e:
+        utils.fetch_published_generators(str(cache), published)
+    message = str(e.value)
+    assert words in message and f'{weights_server}/{name}' in message and f'{weights_server}/sn.pt' in message
+    assert str(cache) in message and '--checkpoints' in message
+    assert not os.path.exists(cache) or os.listdir(cache) == []
+
+
+def test_offline_test_py_ends_at_once_with_one_line(tiny_cifar, tmp_path, monkeypatch):
+    import test as test_cli
+    monkeypatch.setattr(utils, 'PUBLISHED_GENERATORS', (('a', 'http://127.0.0.1:9/a.pt'), ('b', 'http://127.0.0.1:9/b.pt')))
+    r = run_in_process(test_cli.main, ['--data_path', tiny_cifar, '--weights_cache', str(tmp_path / 'cache')])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert 'could not fetch the reference' in r.stderr and os.listdir(tmp_path / 'cache') == []
