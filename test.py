@@ -179,6 +179,8 @@ def main(argv=None):
         L, ab = lab[:, :1], lab[:, 1:]
         truth = test_set.rgb[idx.numpy()]
         classes = test_set.labels[idx.numpy()]
+        # (class name, members as a numpy mask for pictures, as a tensor mask for ab), once per batch
+        groups = [(CLASS_NAMES[c], classes == c, torch.from_numpy(classes == c).to(device)) for c in np.unique(classes)]
         gray = utils.network_to_rgb(L, torch.zeros_like(ab))
         predictions = []
         for label, G in [(BASELINE, None)] + list(zip(labels, generators)):
@@ -190,10 +192,8 @@ def main(argv=None):
                 rgb = utils.network_to_rgb(L, fake_ab)
                 predictions.append(rgb)
             scores[label].add(fake_ab, ab, rgb, truth)
-            for c in np.unique(classes):
-                members = classes == c
-                picked = torch.from_numpy(members).to(fake_ab.device)
-                class_scores[label][CLASS_NAMES[c]].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
+            for name, members, picked in groups:
+                class_scores[label][name].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
         for i in range(min(len(truth), n_grid_images - len(columns))):
             columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
 

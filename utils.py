@@ -371,7 +371,7 @@ def fetch_published_generators(cache, published=None):
 def _check_generator_file(path):
     with open(path, 'rb') as f:
         start = f.read(512).lstrip().lower()
-    if start.startswith((b'<!doctype', b'<html', b'<')):
+    if start.startswith(b'<'):  # <!DOCTYPE html>, <html>: no pickle or zip file starts so
         raise UserError(f"{os.path.basename(path)}: the server sent a web page, not the weights")
     state = load_checkpoint(path)  # UserError for a truncated or unsafe file
     generator_state(state, os.path.basename(path))
