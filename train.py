@@ -77,6 +77,9 @@ def parse_args(argv=None):
                    help='resume from this checkpoint, or from the newest one in --save_path')
     p.add_argument('--save_steps', type=number_in(int, 1), default=None,
                    help=f'also checkpoint every N steps, keeping the newest {STEP_CHECKPOINTS_KEPT} (default: off)')
+    p.add_argument('--log_steps', type=number_in(int, 1), default=50,
+                   help="append the training losses averaged over every N steps to --save_path/steps.csv, "
+                        "for plot.py's step axis (default: 50)")
     p.add_argument('--nan_policy', choices=('stop', 'skip'), default='stop',
                    help='on a NaN or infinite loss: stop (keeping the last good checkpoint) or skip the step (default: stop)')
     p.add_argument('--channels_last', choices=('auto', 'on', 'off'), default='auto',
@@ -191,9 +194,10 @@ def generator_with_running_statistics(G, G_ema):
 @torch.no_grad()
 def validate(G, D, test_set, args, device, autocast):
     """Losses and accuracies over the test set (or its first --val_batches batches) in eval mode,
-    and the sample grid rows of the first batch."""
+    the mean colorfulness of the recolored images, and the sample grid rows of the first batch."""
     G.eval(), D.eval()
     sums = torch.zeros(len(STAT_NAMES), device=device)
+    colorfulness_sum, images = 0.0, 0
     grid_rows = None
     batches = test_set.batches(args.batch_size, device=device)
     total = min(test_set.num_batches(args.batch_size), args.val_batches or float('inf'))
@@ -201,14 +205,16 @@ def validate(G, D, test_set, args, device, autocast):
         if i >= total:
             break
         sums += gan_step(G, D, lab, args, autocast=autocast)
+        L = lab[:, :1]
+        with autocast:
+            fake_rgb = utils.network_to_rgb(L, G(L))
+        colorfulness_sum += float(utils.colorfulness(fake_rgb).sum())
+        images += len(fake_rgb)
         if grid_rows is None:
-            with autocast:
-                fake_ab = G(lab[:20, :1])
-            L = lab[:20, :1]
-            grid_rows = [test_set.rgb[idx[:20].numpy()], utils.network_to_rgb(L, torch.zeros_like(fake_ab)),
-                         utils.network_to_rgb(L, fake_ab)]
+            grid_rows = [test_set.rgb[idx[:20].numpy()], utils.network_to_rgb(L[:20], torch.zeros_like(lab[:20, 1:])),
+                         fake_rgb[:20]]
     D.train()
-    return sums, grid_rows
+    return sums, colorfulness_sum / max(images, 1), grid_rows
 
 
 def checkpoint_path(save_path, epoch):
@@ -448,6 +454,7 @@ def train(args, device, procs):
         raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
                         f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
     log_path = os.path.join(args.save_path, 'log.csv')
+    steps_log_path = os.path.join(args.save_path, 'steps.csv')
     if procs.is_main:
         utils.write_json(os.path.join(args.save_path, 'args.json'), dict(run_info, layer_forms=layer_forms))
     print(f"data: {len(train_set)} training images" + (f" and {len(test_set)} test images" if test_set else '') +
@@ -486,6 +493,7 @@ def train(args, device, procs):
             n_batches = train_set.num_batches(args.batch_size)
             start_batch = first_batch if epoch == first_epoch else 0
             sums = torch.zeros(len(STAT_NAMES), device=device)
+            since_logged = torch.zeros(len(STAT_NAMES), device=device)
             started = time.time()
             saving_before = spent['checkpoints']
             batches = train_set.batches(args.batch_size, shuffle=True, flip=True, generator=order, device=device,
@@ -498,8 +506,10 @@ def train(args, device, procs):
                 global_images = min(args.batch_size, len(train_set) - batches_done * args.batch_size)
                 step += 1
                 try:
-                    sums += train_step(G_run, D_run, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast,
-                                       procs, global_images)
+                    step_sums = train_step(G_run, D_run, G_ema, opt_g, opt_d, scaler, lab, step, args, autocast,
+                                           procs, global_images)
+                    sums += step_sums
+                    since_logged += step_sums
                 except NonFiniteLoss as e:
                     if args.nan_policy == 'stop':
                         if not procs.is_main:
@@ -513,6 +523,11 @@ def train(args, device, procs):
                     if G_ema is not None:
                         utils.ema_update(G_ema, G, utils.ema_decay(args.ema_decay, step))
                 batches_done += 1
+                if step % args.log_steps == 0:
+                    m = summarize(procs.sum_(since_logged))
+                    since_logged = torch.zeros_like(since_logged)
+                    if procs.is_main:
+                        utils.append_csv_row(steps_log_path, dict(epoch=epoch, step=step, **m))
                 if batches_done % 20 == 0 or batches_done == n_batches:
                     m = summarize(procs.sum_(sums.clone()))
                     bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
@@ -546,7 +561,7 @@ def train(args, device, procs):
             if procs.is_main:  # validation, pictures, log and checkpoint; the others wait at the barrier
                 started = time.time()
                 G_eval = inference_generator(G, G_ema, train_set, args, device, autocast, memory_format)
-                val_sums, grid_rows = validate(G_eval, D, test_set, args, device, autocast)
+                val_sums, val_colorfulness, grid_rows = validate(G_eval, D, test_set, args, device, autocast)
                 val_seconds = time.time() - started
                 spent['validation'] += val_seconds
                 val_m = summarize(val_sums)
@@ -556,9 +571,11 @@ def train(args, device, procs):
                 grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
                 utils.write_image(grid_path, utils.image_grid(grid_rows, border=6, scale=2.2))
                 lr_now = {'lr_gen': opt_g.param_groups[0]['lr'], 'lr_disc': opt_d.param_groups[0]['lr']}
-                for phase, m, seconds in (('train', train_m, train_seconds), ('val', val_m, val_seconds)):
+                for phase, m, seconds, colorfulness in (('train', train_m, train_seconds, ''),
+                                                        ('val', val_m, val_seconds, round(val_colorfulness, 4))):
                     utils.append_csv_row(log_path, dict(epoch=epoch, step=step, phase=phase, **m,
-                                                        seconds=round(seconds, 2), skipped_steps=skipped, **lr_now))
+                                                        seconds=round(seconds, 2), skipped_steps=skipped, **lr_now,
+                                                        colorfulness=colorfulness))
                 # The curves are drawn while the checkpoint is written, which waits on the disk.
                 curves = threading.Thread(target=draw_curves, args=(args.save_path,), daemon=True)
                 curves.start()

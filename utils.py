@@ -389,10 +389,16 @@ def write_json(path, data):
 
 
 def append_csv_row(path, row):
-    new = not os.path.exists(path)
+    """Append the dict `row` to the CSV file `path`, under the file's own header if it has one
+    (a log begun by an older version keeps its columns; values for others are dropped)."""
+    try:
+        with open(path, newline='') as f:
+            header = next(csv.reader(f), None)
+    except FileNotFoundError:
+        header = None
     with open(path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(f, fieldnames=header or list(row), extrasaction='ignore')
+        if not header:
             writer.writeheader()
         writer.writerow(row)
 
