@@ -33,8 +33,9 @@ GAP = 6
 def parse_args(argv=None):
     p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('inputs', nargs='+', metavar='INPUT', help=f'{KINDS} files, or folders of them')
-    p.add_argument('--checkpoint', required=True, metavar='CK.pt',
-                   help="a train.py checkpoint, or a bare generator state dict in the reference's layout")
+    p.add_argument('--checkpoint', required=True, metavar='CK',
+                   help="a train.py checkpoint, a generator .safetensors file (train.py, export.py), or a bare "
+                        "generator state dict in the reference's layout")
     p.add_argument('--output', required=True, metavar='DIR',
                    help='where the colorized pictures go, under the same file names (created if needed)')
     p.add_argument('--batch_size', type=number_in(int, 1), default=64, help='(default: 64)')

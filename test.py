@@ -24,8 +24,9 @@ BASELINE = 'no color (ab=0)'
 
 def parse_args(argv=None):
     p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--checkpoints', nargs='+', metavar='CK.pt',
-                   help="train.py checkpoints, or bare generator state dicts in the reference's layout "
+    p.add_argument('--checkpoints', nargs='+', metavar='CK',
+                   help="train.py checkpoints, generator .safetensors files (train.py, export.py), or bare "
+                        "generator state dicts in the reference's layout "
                         "(default: the two generators the reference published, downloaded once into --weights_cache)")
     p.add_argument('--weights_cache', default=utils.default_weights_cache(),
                    help="where the reference's published generators are kept (default: %(default)s)")

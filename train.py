@@ -585,7 +585,11 @@ def train(args, device, procs):
                     done = batches_done if batches_done < n_batches else 0
                     path = checkpoint_path(args.save_path, epoch)
                     save(path, epoch, done, rng_states, G_eval)
-                    print(f"saved {path} and {grid_path}")
+                    with timed(spent, 'checkpoints'):
+                        weights = utils.save_generator_weights(
+                            os.path.join(args.save_path, f'generator_ep{epoch}.safetensors'), G_eval.state_dict(),
+                            args.gen_norm, args.gen_dropout, epoch, step, args.seed)
+                    print(f"saved {path}, {weights} and {grid_path}")
                 started = time.time()
                 curves.join()
                 spent['pictures and log'] += time.time() - started

@@ -312,9 +312,12 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path):
-    """Load with weights_only=True: tensors and plain data, never code."""
+    """Load with weights_only=True: tensors and plain data, never code. A .safetensors file (a
+    generator alone) comes back shaped like a checkpoint: {'generator', 'args', 'epoch', 'step', ...}."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
+    if path.endswith('.safetensors'):
+        return load_generator_weights(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # torch warns about old pickle protocols: the error below says it all
@@ -325,6 +328,51 @@ def load_checkpoint(path):
     except Exception as e:
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
                         f"it is corrupt, truncated, or not a checkpoint of this tool")
+
+
+# A generator alone in the safetensors format: tensors and a string-to-string metadata header, no
+# code; what model hubs share. The metadata says how to build the network around the tensors.
+WEIGHTS_METADATA = ('gen_norm', 'gen_dropout', 'epoch', 'step', 'seed', 'exact_statistics')
+
+
+def save_generator_weights(path, state, gen_norm, gen_dropout=0.5, epoch=None, step=None, seed=0,
+                           exact_statistics=True):
+    """Write the generator state dict `state` to `path` (.safetensors), atomically."""
+    from safetensors.torch import save
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
+    metadata = {'format': 'pt', 'model': 'Nazeri et al. 2018 colorization generator (colorization-gan)',
+                'gen_norm': str(gen_norm), 'gen_dropout': str(gen_dropout), 'epoch': str(epoch),
+                'step': str(step), 'seed': str(seed), 'exact_statistics': str(bool(exact_statistics)).lower()}
+    try:
+        atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror or e}): check that the folder is writable and has space")
+    return path
+
+
+def load_generator_weights(path):
+    """A .safetensors generator as a checkpoint-shaped dict; a file without this tool's metadata
+    (someone else's conversion) comes back as the bare state dict, whose keys tell its layout."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} cannot be read as safetensors ({reason}): it is corrupt or truncated; "
+                        f"export it again with export.py")
+    if 'gen_norm' not in metadata:
+        return state
+
+    def number(key, kind):
+        with contextlib.suppress(KeyError, ValueError):
+            return kind(metadata[key])
+        return None
+    return {'generator': state, 'generator_exact_statistics': metadata.get('exact_statistics') != 'false',
+            'epoch': number('epoch', int), 'step': number('step', int),
+            'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float) or 0.0,
+                     'seed': number('seed', int) or 0}}
 
 
 # The generators the reference published (its test.py), as (label, address).
@@ -513,11 +561,12 @@ def generator_state(ckpt, path):
     raise UserError(f"{path} holds no generator: expected a train.py checkpoint or a generator state dict")
 
 
-def load_generator(path, device):
+def load_generator(path, device, ckpt=None):
     """(generator in eval mode on `device`, whether its batch-norm statistics are exact, the run's
-    seed). Where they are not exact (a mid-epoch checkpoint), `recalibrate_generator` with that
-    seed recomputes them as train.py does at an epoch's end."""
-    ckpt = load_checkpoint(path)
+    seed) from the file `path` (or from `ckpt`, already loaded from it). Where they are not exact
+    (a mid-epoch checkpoint), `recalibrate_generator` with that seed recomputes them as train.py
+    does at an epoch's end."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     state, norm, exact = generator_state(ckpt, path)
     run_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
     G = Generator(norm, run_args.get('gen_dropout', 0.5))

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -81,10 +82,16 @@ def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     ck, samples, out = str(tmp_path / 'ck'), str(tmp_path / 's'), str(tmp_path / 'out')
     common = ['--data_path', tiny_cifar, '--save_path', ck, '--samples_path', samples, '--batch_size', '32',
               '--save_freq', '2', '--precision', 'fp32', '--autotune', 'off']
-    r = run('train.py', *common, '--max_epoch', '2', in_process=False)  # the script itself, once
+    r = run('train.py', *common, '--max_epoch', '2', '--log_steps', '2', in_process=False)  # the script itself, once
     assert r.returncode == 0, r.stderr
     assert '[epoch 1 train]' in r.stdout and '[epoch 1 val  ]' in r.stdout
-    assert sorted(os.listdir(ck)) == ['args.json', 'checkpoint_ep1.pt', 'curves.png', 'log.csv']
+    assert sorted(os.listdir(ck)) == ['args.json', 'checkpoint_ep1.pt', 'curves.png', 'generator_ep1.safetensors',
+                                      'log.csv', 'steps.csv']
+    with open(os.path.join(ck, 'steps.csv')) as f:
+        assert [row['step'] for row in csv.DictReader(f)] == ['2', '4', '6']
+    with open(os.path.join(ck, 'log.csv')) as f:
+        val = [row for row in csv.DictReader(f) if row['phase'] == 'val']
+    assert len(val) == 2 and all(0 < float(row['colorfulness']) < 150 for row in val)
     assert sorted(os.listdir(samples)) == ['epoch_000.png', 'epoch_001.png']
     ckpt = torch.load(os.path.join(ck, 'checkpoint_ep1.pt'), weights_only=True)
     assert ckpt['epoch'] == 1 and ckpt['step'] == 6  # 80 images in batches of 32, 32 and 16, 2 epochs
@@ -100,11 +107,14 @@ def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     assert resumed['opt_gen']['state'][0]['step'].item() == 9  # Adam's state came along
 
     r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', os.path.join(ck, 'checkpoint_ep1.pt'),
-            os.path.join(ck, 'checkpoint_ep2.pt'), '--labels', 'first', 'second', '--save_path', out,
-            '--batch_size', '10', '--precision', 'fp32')
+            os.path.join(ck, 'checkpoint_ep2.pt'), os.path.join(ck, 'generator_ep2.safetensors'),
+            '--labels', 'first', 'second', 'second, shared', '--save_path', out, '--batch_size', '10',
+            '--precision', 'fp32')
     assert r.returncode == 0, r.stderr
     metrics = json.load(open(os.path.join(out, 'metrics.json')))
-    assert set(metrics['checkpoints']) == {'first', 'second'} and metrics['images'] == 24
+    assert set(metrics['checkpoints']) == {'first', 'second', 'second, shared'} and metrics['images'] == 24
+    shared, second = (dict(metrics['checkpoints'][k], path=None) for k in ('second, shared', 'second'))
+    assert shared == second  # the same generator, alone
     assert metrics['baseline']['colorfulness'] < 0.5
     assert sorted(f for f in os.listdir(out) if f.endswith('.png')) == ['grid_000.png', 'grid_001.png']
 

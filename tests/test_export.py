@@ -1,0 +1,88 @@
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import colorize
+import export
+import test as test_cli
+import utils
+from conftest import run_in_process
+from models import Generator
+
+
+def random_generator(norm, seed):
+    torch.manual_seed(seed)
+    G = Generator(norm)
+    with torch.no_grad():  # statistics that differ from the defaults, so that losing them shows
+        for name, buffer in G.named_buffers():
+            if 'running' in name:
+                buffer.uniform_(0.5, 1.5)
+    return G.eval()
+
+
+def outputs(G):
+    L = torch.linspace(-1, 1, 2 * 32 * 32).reshape(2, 1, 32, 32)
+    with torch.no_grad():
+        return G(L)
+
+
+@pytest.mark.parametrize('norm', ['batch', 'instance'])
+def test_a_reference_state_dict_exports_and_loads_back(tmp_path, norm):
+    G = random_generator(norm, seed=1)
+    torch.save(G.state_dict(), tmp_path / 'published.pt')
+    r = run_in_process(export.main, [str(tmp_path / 'published.pt')])
+    assert r.returncode == 0, r.stderr
+    path = str(tmp_path / 'published.safetensors')
+    with safe_open(path, framework='pt') as f:
+        assert f.metadata()['gen_norm'] == norm and f.metadata()['exact_statistics'] == 'true'
+        assert set(f.keys()) == set(G.state_dict())
+    loaded, exact, _ = utils.load_generator(path, 'cpu')
+    assert exact and torch.equal(outputs(loaded), outputs(G))
+
+
+def test_a_mid_epoch_checkpoint_keeps_its_place_and_asks_for_statistics(tmp_path):
+    G = random_generator('batch', seed=2)
+    ckpt = {'generator': G.state_dict(), 'generator_train': G.state_dict(), 'discriminator': {},
+            'generator_exact_statistics': False, 'epoch': 3, 'step': 1234,
+            'args': {'gen_norm': 'batch', 'gen_dropout': 0.25, 'seed': 7}}
+    torch.save(ckpt, tmp_path / 'checkpoint_ep3.pt')
+    r = run_in_process(export.main, [str(tmp_path / 'checkpoint_ep3.pt')])
+    assert r.returncode == 0, r.stderr
+    assert 'mid-epoch' in r.stdout
+    loaded = utils.load_checkpoint(str(tmp_path / 'generator_ep3.safetensors'))
+    assert (loaded['epoch'], loaded['step'], loaded['generator_exact_statistics']) == (3, 1234, False)
+    assert loaded['args'] == {'gen_norm': 'batch', 'gen_dropout': 0.25, 'seed': 7}
+    assert all(torch.equal(loaded['generator'][k], v) for k, v in G.state_dict().items())
+
+
+def test_export_refuses_to_replace_a_file_or_misname_one(tmp_path):
+    torch.save(random_generator('batch', seed=3).state_dict(), tmp_path / 'g.pt')
+    (tmp_path / 'g.safetensors').write_bytes(b'keep me')
+    for flags, words in ((['--out', str(tmp_path / 'g.safetensors')], '--overwrite'),
+                         (['--out', str(tmp_path / 'g.bin')], '.safetensors')):
+        r = run_in_process(export.main, [str(tmp_path / 'g.pt'), *flags])
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
+    assert (tmp_path / 'g.safetensors').read_bytes() == b'keep me'
+    assert run_in_process(export.main, [str(tmp_path / 'g.pt'), '--overwrite']).returncode == 0
+    assert utils.load_checkpoint(str(tmp_path / 'g.safetensors'))['args']['gen_norm'] == 'batch'
+
+
+def test_a_truncated_safetensors_file_is_one_line_everywhere(tmp_path, tiny_cifar):
+    G = random_generator('batch', seed=4)
+    path = utils.save_generator_weights(str(tmp_path / 'g.safetensors'), G.state_dict(), 'batch')
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) // 2])
+    picture = str(tmp_path / 'bird.png')
+    cv2.imwrite(picture, np.full((32, 32, 3), 128, np.uint8))
+    for main, argv in ((test_cli.main, ['--data_path', tiny_cifar, '--checkpoints', path,
+                                        '--save_path', str(tmp_path / 'out')]),
+                       (colorize.main, [picture, '--checkpoint', path, '--output', str(tmp_path / 'c')]),
+                       (export.main, [path, '--out', str(tmp_path / 'again.safetensors')])):
+        r = run_in_process(main, argv)
+        assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and 'g.safetensors' in r.stderr and 'safetensors' in r.stderr
+    assert not os.path.exists(tmp_path / 'again.safetensors')
