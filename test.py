@@ -42,12 +42,28 @@ def parse_args(argv=None):
     p.add_argument('--show', action='store_true', help="open the results page in the default web browser")
     p.add_argument('--per_class', action='store_true',
                    help='also print the scores per CIFAR-10 class (metrics.json and the results page always have them)')
+    p.add_argument('--pick', type=number_in(int, 1), metavar='N',
+                   help='with two checkpoints A and B: also draw the N test images where A beats B most, where B '
+                        'beats A most, and where both struggle most, by per-image mean |ab error| (see README)')
     p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, mps')
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto', help='(default: auto)')
     args = p.parse_args(argv)
-    if args.labels and len(args.labels) != len(args.checkpoints or utils.PUBLISHED_GENERATORS):
-        p.error(f"--labels has {len(args.labels)} names for {len(args.checkpoints)} checkpoints")
+    n_checkpoints = len(args.checkpoints or utils.PUBLISHED_GENERATORS)
+    if args.labels and len(args.labels) != n_checkpoints:
+        p.error(f"--labels has {len(args.labels)} names for {n_checkpoints} checkpoints")
+    if args.pick and n_checkpoints != 2:
+        p.error(f"--pick compares two checkpoints, and {n_checkpoints} were given")
     return args
+
+
+def picked_images(errors_a, errors_b, n, label_a, label_b):
+    """The rule behind --pick, from each test image's mean |ab error| under generators A and B
+    (arrays in test-set order): {title: indices of the n images}, for the n largest
+    error(B) - error(A) (A better), error(A) - error(B) (B better), and min(error(A), error(B))
+    (both struggle); ties go to the earlier image."""
+    rank = lambda key: np.argsort(-key, kind='stable')[:n].tolist()  # noqa: E731
+    return {f'{label_a} better': rank(errors_b - errors_a), f'{label_b} better': rank(errors_a - errors_b),
+            'both struggle': rank(np.minimum(errors_a, errors_b))}
 
 
 def show_page(path):
@@ -175,6 +191,8 @@ def main(argv=None):
     class_scores = {label: {name: utils.ColorizationScores() for name in CLASS_NAMES} for label in [BASELINE] + labels}
     n_grid_images = args.num_grids * GRID_ROWS
     columns = []  # per image drawn: original, grayscale, then one per generator
+    image_errors = {label: [] for label in labels}  # for --pick: each image's mean |ab error|, and its pictures
+    every_column = []
     batches = test_set.batches(args.batch_size, device=device)
     for idx, lab in tqdm(batches, total=test_set.num_batches(args.batch_size), desc='colorize', dynamic_ncols=True):
         L, ab = lab[:, :1], lab[:, 1:]
@@ -192,11 +210,15 @@ def main(argv=None):
                     fake_ab = G(L).float()
                 rgb = utils.network_to_rgb(L, fake_ab)
                 predictions.append(rgb)
+                if args.pick:
+                    image_errors[label].append((fake_ab - ab).abs().mean(dim=(1, 2, 3)).cpu().numpy())
             scores[label].add(fake_ab, ab, rgb, truth)
             for name, members, picked in groups:
                 class_scores[label][name].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
         for i in range(min(len(truth), n_grid_images - len(columns))):
             columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
+        if args.pick:
+            every_column.append(np.stack([truth, gray] + predictions, axis=1))
 
     grid_paths = []
     for g in range(0, len(columns), GRID_ROWS):
@@ -205,6 +227,17 @@ def main(argv=None):
         path = os.path.join(args.save_path, f'grid_{g // GRID_ROWS:03d}.png')
         utils.write_image(path, picture)
         grid_paths.append(path)
+
+    picks = {}
+    if args.pick:
+        every_column = np.concatenate(every_column)
+        rule = picked_images(*(np.concatenate(image_errors[label]) for label in labels), args.pick, *labels)
+        for title, indices in rule.items():
+            path = os.path.join(args.save_path, 'pick_' + ''.join(c if c.isalnum() else '_' for c in title) + '.png')
+            utils.write_image(path, utils.image_grid(list(every_column[indices]), border=6, scale=1.6,
+                                                     column_labels=['original', 'grayscale'] + labels))
+            picks[title] = {'test_images': indices, 'picture': os.path.basename(path)}
+            grid_paths.append(path)
 
     results = {label: s.result() for label, s in scores.items()}
     per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
@@ -216,6 +249,8 @@ def main(argv=None):
     metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, args.checkpoints)},
                'baseline': results[BASELINE], 'truth_colorfulness': truth_colorfulness, 'per_class': per_class,
                'images': results[BASELINE]['images'], 'precision': precision, 'keep_dropout': args.keep_dropout}
+    if picks:
+        metrics['picks'] = picks
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
     print(f"wrote {len(grid_paths)} grids and metrics.json to {args.save_path}")
     page_path = os.path.join(args.save_path, 'index.html')

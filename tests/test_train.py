@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import pytest
 import torch
 
@@ -211,3 +212,34 @@ def test_test_py_scores_each_class_and_the_classes_add_up_to_the_whole(tiny_cifa
     monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
     test_cli.show_page(os.path.join(out, 'index.html'))
     assert 'no display; open file://' in capsys.readouterr().out and len(opened) == 1
+
+
+def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
+    paths, generators = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        generators.append(Generator('batch').eval())
+        paths.append(str(tmp_path / f'g{seed}.pt'))
+        torch.save(generators[-1].state_dict(), paths[-1])
+    out = str(tmp_path / 'out')
+    r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', *paths, '--labels', 'bn', 'sn', '--save_path', out,
+            '--batch_size', '10', '--num_grids', '0', '--precision', 'fp32', '--pick', '3')
+    assert r.returncode == 0, r.stderr
+    picks = json.load(open(os.path.join(out, 'metrics.json')))['picks']
+    # The rule, computed another way: the whole test set in one batch, per-image errors sorted by hand.
+    test_set = load_split(tiny_cifar, train=False)
+    _, lab = next(test_set.batches(len(test_set)))
+    with torch.no_grad():
+        err = [(G(lab[:, :1]) - lab[:, 1:]).abs().mean(dim=(1, 2, 3)).tolist() for G in generators]
+    order = lambda key: sorted(range(len(key)), key=lambda i: -key[i])[:3]  # noqa: E731
+    assert picks['bn better']['test_images'] == order([b - a for a, b in zip(*err)])
+    assert picks['sn better']['test_images'] == order([a - b for a, b in zip(*err)])
+    assert picks['both struggle']['test_images'] == order([min(a, b) for a, b in zip(*err)])
+    page = open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    for pick in picks.values():
+        picture = cv2.imread(os.path.join(out, pick['picture']))
+        assert picture is not None and f'src="{pick["picture"]}"' in page
+    heights = {cv2.imread(os.path.join(out, p['picture'])).shape for p in picks.values()}
+    assert len(heights) == 1  # three grids of 3 rows and 4 columns alike
+    r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', paths[0], '--pick', '3')
+    assert r.returncode == 2 and '--pick compares two checkpoints' in r.stderr
