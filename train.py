@@ -405,7 +405,8 @@ def train(args, device, procs):
     if procs.is_main:
         utils.check_writable_folder(args.save_path, '--save_path')
         utils.check_writable_folder(args.samples_path, '--samples_path')
-        utils.remove_torn_writes(args.save_path, 'checkpoint_')
+        for prefix in ('checkpoint_', 'generator_ep'):
+            utils.remove_torn_writes(args.save_path, prefix)
         if args.resume == 'latest':
             resume_path = newest_checkpoint(args.save_path)
         elif args.start_epoch > 0 and not args.resume:
@@ -584,11 +585,12 @@ def train(args, device, procs):
                     # A run stopped by --max_steps inside an epoch saves it as mid-epoch, so resuming continues it.
                     done = batches_done if batches_done < n_batches else 0
                     path = checkpoint_path(args.save_path, epoch)
-                    save(path, epoch, done, rng_states, G_eval)
+                    # The generator alone first: a run killed between the two redoes the epoch and writes both.
                     with timed(spent, 'checkpoints'):
                         weights = utils.save_generator_weights(
                             os.path.join(args.save_path, f'generator_ep{epoch}.safetensors'), G_eval.state_dict(),
                             args.gen_norm, args.gen_dropout, epoch, step, args.seed)
+                    save(path, epoch, done, rng_states, G_eval)
                     print(f"saved {path}, {weights} and {grid_path}")
                 started = time.time()
                 curves.join()
