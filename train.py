@@ -113,13 +113,13 @@ def bce(logits, target):
 
 
 def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None,
-             procs=distributed.Processes(), share=1.0):
+             procs=distributed.Processes(), share=1.0, keep_fake=False):
     """One generator-then-discriminator step on a Lab batch (or, with no optimizers, the same
     losses without updates). Returns the batch's sums of STAT_NAMES as one device tensor, so the
     caller syncs with the host only when it wants to show them. Under torchrun, `lab` is this
     process's part of the global batch and `share` is (its images x processes / global images):
     DistributedDataParallel averages the processes' gradients, and this weight makes that average
-    the gradient of the global batch's mean losses."""
+    the gradient of the global batch's mean losses. `keep_fake`: also return the predicted ab."""
     L, ab = lab[:, :1], lab[:, 1:]
     training = opt_g is not None
     D_fixed = distributed.unwrapped(D)  # scored outside DDP: it must expect no gradients for D's weights
@@ -154,9 +154,10 @@ def gan_step(G, D, lab, args, opt_g=None, opt_d=None, scaler=None, autocast=None
         scaler.step(opt_d)
         scaler.update()
     n = lab.shape[0]
-    return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
+    sums = torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
                         (real_logits.detach() > 0).sum().float(), (fake_logits.detach() <= 0).sum().float(),
                         torch.tensor(float(n), device=lab.device)])
+    return (sums, fake_ab.detach()) if keep_fake else sums
 
 
 def summarize(sums):
@@ -204,10 +205,10 @@ def validate(G, D, test_set, args, device, autocast):
     for i, (idx, lab) in enumerate(tqdm(batches, total=total, desc='validate', leave=False, dynamic_ncols=True)):
         if i >= total:
             break
-        sums += gan_step(G, D, lab, args, autocast=autocast)
+        batch_sums, fake_ab = gan_step(G, D, lab, args, autocast=autocast, keep_fake=True)
+        sums += batch_sums
         L = lab[:, :1]
-        with autocast:
-            fake_rgb = utils.network_to_rgb(L, G(L))
+        fake_rgb = utils.network_to_rgb(L, fake_ab)
         colorfulness_sum += float(utils.colorfulness(fake_rgb).sum())
         images += len(fake_rgb)
         if grid_rows is None:

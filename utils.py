@@ -330,14 +330,11 @@ def load_checkpoint(path):
                         f"it is corrupt, truncated, or not a checkpoint of this tool")
 
 
-# A generator alone in the safetensors format: tensors and a string-to-string metadata header, no
-# code; what model hubs share. The metadata says how to build the network around the tensors.
-WEIGHTS_METADATA = ('gen_norm', 'gen_dropout', 'epoch', 'step', 'seed', 'exact_statistics')
-
-
 def save_generator_weights(path, state, gen_norm, gen_dropout=0.5, epoch=None, step=None, seed=0,
                            exact_statistics=True):
-    """Write the generator state dict `state` to `path` (.safetensors), atomically."""
+    """Write the generator state dict `state` to `path` (.safetensors), atomically: tensors and a
+    string-to-string metadata header, no code; what model hubs share. The metadata says how to
+    build the network around the tensors."""
     from safetensors.torch import save
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     metadata = {'format': 'pt', 'model': 'Nazeri et al. 2018 colorization generator (colorization-gan)',
