@@ -56,6 +56,11 @@ def parse_args(argv=None):
     return args
 
 
+PICK_RULE = ("From each test image's mean |ab error| under the two generators A and B: the images with the "
+             "largest error(B) - error(A) (A better), the largest error(A) - error(B) (B better), and the largest "
+             "min(error(A), error(B)) (both struggle); ties go to the earlier test image.")
+
+
 def picked_images(errors_a, errors_b, n, label_a, label_b):
     """The rule behind --pick, from each test image's mean |ab error| under generators A and B
     (arrays in test-set order): {title: indices of the n images}, for the n largest
@@ -118,9 +123,11 @@ figure { margin: 0; } figcaption { font-size: 13px; color: #555; max-width: 500p
 img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
 
 
-def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout, per_class):
-    """One self-contained HTML page: the metrics table, what each measure means, and the grids
-    (linked by file name, so the page goes along with the folder)."""
+def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout, per_class,
+                       picks=None):
+    """One self-contained HTML page: the metrics table, what each measure means, the per-class
+    table, the grids and the --pick pictures (linked by file name, so the page goes along with
+    the folder)."""
     esc = html.escape
     head = ''.join(f'<th>{esc(title)}</th>' for _, title, _, _ in MEASURES)
     rows = [f'<tr><td>{esc(label)}</td>' + ''.join(f'<td>{fmt.format(r[key])}</td>' for key, _, fmt, _ in MEASURES)
@@ -134,12 +141,16 @@ def write_results_page(path, results, labels, grid_paths, truth_colorfulness, pr
         for name in per_class[BASELINE]]
     meanings = ''.join(f'<dt>{esc(title)}</dt><dd>{esc(meaning)}</dd>' for _, title, _, meaning in MEASURES)
     columns = esc(', '.join(['original', 'grayscale'] + labels))
-    figures = []
-    for p in grid_paths:
-        height, width = cv2.imread(p).shape[:2]  # shown at twice their size, pixel for pixel
-        name = esc(os.path.basename(p))
-        figures.append(f'<figure><figcaption>{name}: one test image per row; columns: {columns}</figcaption>'
-                       f'<img src="{name}" width="{2 * width}" height="{2 * height}" alt="{name}"></figure>')
+    def figure(picture, caption):
+        height, width = cv2.imread(os.path.join(os.path.dirname(path), picture)).shape[:2]  # shown at twice their size
+        name = esc(picture)
+        return (f'<figure><figcaption>{esc(caption)}; columns: {columns}</figcaption>'
+                f'<img src="{name}" width="{2 * width}" height="{2 * height}" alt="{name}"></figure>')
+    figures = [figure(os.path.basename(p), f'{os.path.basename(p)}: one test image per row') for p in grid_paths]
+    picked = ''
+    if picks:
+        picked = (f'<h2>Picked by rule</h2><p>{esc(PICK_RULE)}</p><div class="grids">'
+                  + ''.join(figure(pick['picture'], title) for title, pick in picks.items()) + '</div>')
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Colorization results</title>
 <style>{PAGE_STYLE}</style></head><body>
@@ -156,6 +167,7 @@ dropout {'on' if keep_dropout else 'off'} at test time.</p>
 </table>
 <h2>Grids</h2>
 <div class="grids">{''.join(figures) or '<p>none drawn (--num_grids 0)</p>'}</div>
+{picked}
 </body></html>
 """
     utils.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
@@ -237,7 +249,6 @@ def main(argv=None):
             utils.write_image(path, utils.image_grid(list(every_column[indices]), border=6, scale=1.6,
                                                      column_labels=['original', 'grayscale'] + labels))
             picks[title] = {'test_images': indices, 'picture': os.path.basename(path)}
-            grid_paths.append(path)
 
     results = {label: s.result() for label, s in scores.items()}
     per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
@@ -250,12 +261,13 @@ def main(argv=None):
                'baseline': results[BASELINE], 'truth_colorfulness': truth_colorfulness, 'per_class': per_class,
                'images': results[BASELINE]['images'], 'precision': precision, 'keep_dropout': args.keep_dropout}
     if picks:
-        metrics['picks'] = picks
+        metrics['picks'], metrics['pick_rule'] = picks, PICK_RULE
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
-    print(f"wrote {len(grid_paths)} grids and metrics.json to {args.save_path}")
+    print(f"wrote {len(grid_paths)} grids{f', {len(picks)} pictures of picked images' if picks else ''} "
+          f"and metrics.json to {args.save_path}")
     page_path = os.path.join(args.save_path, 'index.html')
     write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, precision, args.keep_dropout,
-                       per_class)
+                       per_class, picks)
     print(f"wrote the results page {page_path}")
     if args.show:
         show_page(page_path)

@@ -236,6 +236,7 @@ def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
     assert picks['sn better']['test_images'] == order([a - b for a, b in zip(*err)])
     assert picks['both struggle']['test_images'] == order([min(a, b) for a, b in zip(*err)])
     page = open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    assert '<h2>Picked by rule</h2>' in page and 'min(error(A), error(B))' in page
     for pick in picks.values():
         picture = cv2.imread(os.path.join(out, pick['picture']))
         assert picture is not None and f'src="{pick["picture"]}"' in page
