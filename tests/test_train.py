@@ -1,8 +1,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import pytest
@@ -10,7 +8,7 @@ import torch
 
 import test as test_cli
 import train
-from conftest import ROOT, SHARED_DATA, run_in_process, smooth_images
+from conftest import SHARED_DATA, run_in_process, smooth_images
 from dataset import CLASS_NAMES, load_split
 from models import Discriminator, Generator
 from utils import autocast_context, rgb_to_lab
@@ -71,19 +69,17 @@ def test_loss_values_follow_the_spec():
     assert m['d_acc_real'] == pytest.approx((p_real > 0.5).float().mean().item())
 
 
-def run(script, *args, in_process=True):
-    """train.py or test.py with these flags; in this process unless asked for a real one."""
-    if in_process:
-        return run_in_process({'train.py': train.main, 'test.py': test_cli.main}[script], args)
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+def run(script, *args):
+    """train.py or test.py with these flags, in this process (conftest.run_in_process); the real
+    scripts run as processes in the interrupt and kill tests."""
+    return run_in_process({'train.py': train.main, 'test.py': test_cli.main}[script], args)
 
 
 def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     ck, samples, out = str(tmp_path / 'ck'), str(tmp_path / 's'), str(tmp_path / 'out')
     common = ['--data_path', tiny_cifar, '--save_path', ck, '--samples_path', samples, '--batch_size', '32',
               '--save_freq', '2', '--precision', 'fp32', '--autotune', 'off']
-    r = run('train.py', *common, '--max_epoch', '2', '--log_steps', '2', in_process=False)  # the script itself, once
+    r = run('train.py', *common, '--max_epoch', '2', '--log_steps', '2')
     assert r.returncode == 0, r.stderr
     assert '[epoch 1 train]' in r.stdout and '[epoch 1 val  ]' in r.stdout
     assert sorted(os.listdir(ck)) == ['args.json', 'checkpoint_ep1.pt', 'curves.png', 'generator_ep1.safetensors',

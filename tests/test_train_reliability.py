@@ -48,11 +48,10 @@ def test_stopping_and_resuming_gives_the_same_weights_bit_for_bit(tiny_cifar, tm
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
     # Two separate runs match bit for bit only with the same layer forms: --autotune off fixes them
     # (a resumed run reuses its checkpoint's forms: test_a_resumed_run_keeps_its_layer_forms).
-    fixed = ['--autotune', 'off', '--batch_size', '16']  # 5 batches an epoch
+    fixed = ['--autotune', 'off', '--batch_size', '16', '--val_batches', '1']  # 5 batches an epoch
     assert run(train_cmd(tiny_cifar, straight, '--max_epoch', '1', *fixed)).returncode == 0
     # stop inside epoch 0 (3 of its 5 batches), then resume the same epoch and finish
-    assert run(train_cmd(tiny_cifar, split, '--max_epoch', '1', '--max_steps', '3', '--val_batches', '1',
-                         *fixed)).returncode == 0
+    assert run(train_cmd(tiny_cifar, split, '--max_epoch', '1', '--max_steps', '3', *fixed)).returncode == 0
     assert load(os.path.join(split, 'checkpoint_ep0.pt'))['batches_done'] == 3
     r = run(train_cmd(tiny_cifar, split, '--max_epoch', '1', '--resume', 'latest', *fixed))
     assert r.returncode == 0, r.stderr
@@ -115,9 +114,9 @@ def step_checkpoints(ck):
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupt_checkpoints_mid_epoch_and_resume_continues(tiny_cifar, tmp_path, sig, code):
     ck = str(tmp_path / 'ck')
-    proc = subprocess.Popen(train_cmd(tiny_cifar, ck, '--max_epoch', '1000', '--batch_size', '16'), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: os.path.exists(os.path.join(ck, 'samples', 'epoch_000.png')))
+    proc = subprocess.Popen(train_cmd(tiny_cifar, ck, '--max_epoch', '1000', '--batch_size', '16', '--log_steps', '1'),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: os.path.exists(os.path.join(ck, 'steps.csv')))  # a first step is done: training is under way
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
