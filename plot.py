@@ -54,11 +54,10 @@ def _read_rows(path, needed, what):
 
 
 def _numbers(row, keys):
-    """{key: float} of a row; a missing or empty value (an older log's column) is left out, and a
-    line torn by a crash while it was written gives None."""
+    """{key: float} of a row; a missing or empty value (an older log's column, or a line torn by
+    a crash while it was written) is left out, and a value that is not a number gives None."""
     try:
-        values = {k: float(row[k]) for k in keys if row.get(k) not in (None, '')}
-        return values if all(k in values for k in ('step',)) else None
+        return {k: float(row[k]) for k in keys if row.get(k) not in (None, '')}
     except (TypeError, ValueError):
         return None
 
