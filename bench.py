@@ -5,10 +5,16 @@ For the default recipe and the spectral recipe, at batch 32 and 128: training im
 of train.py's whole step (learning rates, both networks, the averaged generator, fed by its data
 path; after warm-up, the median of several timed windows), generator inference images per second,
 model FLOPs per training image (torch.utils.flop_counter), and MFU against the machine's measured
-matrix-multiply peak at the same precision. --baseline adds the reference's step as SPEC.md
-describes it, timed in the same process, and the ratio of the two.
+matrix-multiply peak at the same precision. --baseline adds the reference's step as the
+reference takes it, timed in the same process, and the ratio of the two.
+
+With --dataset folder (--data_path holding train/ and val/ folders of photographs, as train.py
+reads them) and --image_size 32|64|128|256: the same figures for the step at that image size (its
+networks), fed with batches decoded from the folder in advance, so that the step's rate holds no
+decoding; then the loader's own rate (FolderImages' training batches: decode, random crop, flip,
+Lab) with each of --loader_workers DataLoader workers, and for each whether it keeps up with the
+step. --baseline is CIFAR-10's only.
 """
-import copy
 import itertools
 import os
 import statistics
@@ -24,40 +30,75 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import train
+import pictures
 import utils
-from dataset import LabImages, load_split
-from models import Discriminator, Generator, init_weights
+from cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, number_in, run_cli
+from dataset import DATASETS, LabImages, load_split
+from folders import FolderImages
+from gan import ColorizationGAN, learning_rate, use_channels_last
+from models import IMAGE_SIZES, Discriminator, Generator, init_weights
+from options import RECIPES as TRAINING_RECIPES, parse_training_args
 
-RECIPES = {
-    'default': [],
-    'spectral': ['--smoothing', '1.0', '--l1_weight', '0.985', '--base_lr_gen', '2e-4', '--base_lr_disc', '2e-4',
-                 '--lr_decay_steps', '4e4', '--disc_norm', 'spectral', '--apply_weight_init', '0'],
-}
+# The default flags, and the reference's spectral-norm recipe.
+RECIPES = {'default': [], 'spectral': TRAINING_RECIPES['spectral']}
 # The reference-style data path reads this many PNG files (enough that no timing runs out of them).
 BASELINE_IMAGES = 2048
+# Batch sizes and loader workers timed where none are given: 64- to 256-pixel networks are heavy.
+CIFAR_BATCH_SIZES, FOLDER_BATCH_SIZES = [32, 128], [16]
+LOADER_WORKERS = [1, 2, 4]
+# With --dataset folder, the step cycles through this many batches decoded before the timing.
+FOLDER_POOL_BATCHES = 4
 
 
 def parse_args(argv=None):
-    p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--data_path', default='./data', help='where CIFAR-10 is (default: ./data)')
+    p = OneLineArgumentParser(prog='bench.py', description=__doc__.split('\n\n')[0])
+    p.add_argument('--dataset', choices=DATASETS, default='cifar10',
+                   help='cifar10 (in memory), or folder: a folder of photographs, as train.py reads it; also times '
+                        'its loader (default: cifar10)')
+    p.add_argument('--data_path', default='./data',
+                   help='where CIFAR-10 is, or with --dataset folder the folder holding train/ and val/ '
+                        '(default: ./data)')
+    p.add_argument('--image_size', type=int, choices=IMAGE_SIZES, default=None,
+                   help="with --dataset folder: the images' side, which picks the networks, as train.py's "
+                        "(default: 32 for cifar10, 256 for folder)")
     p.add_argument('--synthetic', action='store_true', help='random images instead of CIFAR-10; skips the load timing')
     p.add_argument('--baseline', action='store_true',
                    help="also time the reference's training step (fp32, contiguous, library layers, sigmoid + BCE, "
                         "per-image PNG decoding in a DataLoader) in the same run, and print the ratio")
     p.add_argument('--recipes', nargs='+', choices=tuple(RECIPES), default=list(RECIPES), help='(default: both)')
-    p.add_argument('--batch_sizes', type=utils.number_in(int, 1), nargs='+', default=[32, 128])
-    p.add_argument('--windows', type=utils.number_in(int, 1), default=3, help='timed windows per measurement (default: 3)')
-    p.add_argument('--seconds', type=utils.number_in(float, 0.1), default=6.0,
+    p.add_argument('--batch_sizes', type=number_in(int, 1), nargs='+', default=None,
+                   help=f"(default: {' '.join(map(str, CIFAR_BATCH_SIZES))} for cifar10, "
+                        f"{' '.join(map(str, FOLDER_BATCH_SIZES))} for folder)")
+    p.add_argument('--windows', type=number_in(int, 1), default=3, help='timed windows per measurement (default: 3)')
+    p.add_argument('--seconds', type=number_in(float, 0.1), default=6.0,
                    help='about how long each training measurement runs (default: 6)')
-    p.add_argument('--num_workers', type=utils.number_in(int, 0), default=4,
+    p.add_argument('--num_workers', type=number_in(int, 0), default=4,
                    help="the reference-style DataLoader's workers (default: 4, the reference's)")
-    p.add_argument('--device', default='auto')
-    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto')
+    p.add_argument('--loader_workers', type=number_in(int, 0), nargs='+', default=None,
+                   help=f"with --dataset folder: the loader is timed with each of these numbers of DataLoader "
+                        f"workers (default: {' '.join(map(str, LOADER_WORKERS))})")
+    add_compute_flags(p)
     p.add_argument('--channels_last', choices=('auto', 'on', 'off'), default='auto')
     p.add_argument('--autotune', choices=('on', 'off'), default='on', help="as train.py's (default: on)")
     p.add_argument('--json', metavar='FILE', help='also write the results as JSON')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dataset == 'folder':
+        if args.baseline:
+            p.error("--baseline times the reference's step on CIFAR-10 only; leave it out with --dataset folder")
+        if args.synthetic:
+            p.error("--synthetic replaces CIFAR-10 with random images; leave it out with --dataset folder")
+        args.image_size = args.image_size or 256
+        args.batch_sizes = args.batch_sizes or list(FOLDER_BATCH_SIZES)
+        args.loader_workers = args.loader_workers or list(LOADER_WORKERS)
+    else:
+        if args.image_size not in (None, 32):
+            p.error(f"--image_size {args.image_size}: CIFAR-10's images are 32x32; use --dataset folder for "
+                    f"larger ones")
+        if args.loader_workers is not None:
+            p.error("--loader_workers times a folder data set's loader; it needs --dataset folder")
+        args.image_size = 32
+        args.batch_sizes = args.batch_sizes or list(CIFAR_BATCH_SIZES)
+    return args
 
 
 def sync(device):
@@ -98,26 +139,34 @@ def endless_batches(images, batch_size, device, memory_format):
             yield lab.contiguous(memory_format=memory_format)
 
 
-def project_step(flags, batch_size, images, device, precision, channels_last, autotune):
-    """train.py's step as train.py runs it, and the line saying which layer forms it chose."""
-    args = train.parse_args(flags + ['--batch_size', str(batch_size), '--autotune', autotune])
-    torch.manual_seed(0)
-    G, D, opt_g, opt_d = train.build_networks(args, device, channels_last)
-    G_ema = copy.deepcopy(G).requires_grad_(False)
-    _, forms_line = train.choose_layer_forms(G, D, G_ema, args, device, precision, channels_last)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
-    autocast = utils.autocast_context(device, precision)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    batches = endless_batches(images, batch_size, device, memory_format)
+def recipe_args(flags, batch_size, **overrides):
+    """train.py's flags for a recipe, as the GAN object takes them."""
+    args = parse_training_args(flags + ['--batch_size', str(batch_size)])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def project_step(flags, batch_size, images, compute, channels_last, autotune, pool=None):
+    """train.py's step as train.py runs it, and the line saying which layer forms it chose.
+    `pool`: ready batches to cycle through instead of `images`' data path (a folder's, decoded
+    in advance, so that the timing holds the step alone)."""
+    args = recipe_args(flags, batch_size, autotune=autotune, channels_last='on' if channels_last else 'off')
+    gan = ColorizationGAN(args, compute)
+    _, forms_line = gan.choose_layer_forms()
+    if pool is None:
+        batches = endless_batches(images, batch_size, compute.device, gan.memory_format)
+    else:
+        batches = itertools.cycle(pool)
     step = itertools.count(1)
 
     def run_once():
-        train.train_step(G, D, G_ema, opt_g, opt_d, scaler, next(batches), next(step), args, autocast)
+        gan.step(next(batches), next(step))
 
     def infer():
-        with torch.no_grad(), autocast:
-            G_ema(next(batches)[:, :1])
-    G_ema.eval()
+        with torch.no_grad(), compute.autocast:
+            gan.G_ema(next(batches)[:, :1])
+    gan.G_ema.eval()
     return run_once, infer, forms_line
 
 
@@ -136,7 +185,7 @@ class ReferenceStyleImages(torch.utils.data.Dataset):
         if np.random.random() < 0.5:
             rgb = rgb[:, ::-1]
         lab = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        lab = lab / np.float32([50, 127, 127]) - np.float32([1, 0, 0])
+        lab = lab / np.float32([pictures.L_HALF_RANGE, pictures.AB_RANGE, pictures.AB_RANGE]) - np.float32([1, 0, 0])
         return torch.from_numpy(lab.transpose(2, 0, 1).copy())
 
 
@@ -146,11 +195,11 @@ def write_pngs(rgb, folder):
 
 
 def reference_step(flags, batch_size, png_folder, num_workers):
-    """The reference's training step as SPEC.md describes it: fp32, contiguous tensors, the
+    """The reference's training step as the reference takes it: fp32, contiguous tensors, the
     library's layers and dropout, a sigmoid and BCE on probabilities, the discriminator's weight
     gradients computed (and thrown away) in the generator's step, PyTorch's default Adam, fed by
     a DataLoader that decodes PNG files."""
-    args = train.parse_args(flags + ['--batch_size', str(batch_size)])
+    args = recipe_args(flags, batch_size)
     torch.manual_seed(0)
     G, D = Generator(args.gen_norm, args.gen_dropout), Discriminator(args.disc_norm)
     if args.apply_weight_init:
@@ -168,7 +217,10 @@ def reference_step(flags, batch_size, png_folder, num_workers):
 
     def run_once():
         lab = next(batches)
-        train.set_learning_rates(opt_g, opt_d, next(step), args)
+        number = next(step)
+        for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
+            for group in opt.param_groups:
+                group['lr'] = learning_rate(base, number, args.lr_decay_rate, args.lr_decay_steps)
         L, ab = lab[:, :1], lab[:, 1:]
         fake_ab = G(L)
         fake = torch.cat([L, fake_ab], dim=1)
@@ -189,13 +241,11 @@ def reference_step(flags, batch_size, png_folder, num_workers):
 
 def flops_per_training_image(flags, device):
     """Forward and backward of both networks for one step, counted in fp32 at batch 8."""
-    args = train.parse_args(flags + ['--batch_size', '8'])
-    torch.manual_seed(0)
-    G, D, opt_g, opt_d = train.build_networks(args, device)
-    lab = torch.rand(8, 3, 32, 32, device=device) * 2 - 1
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    args = recipe_args(flags, 8, channels_last='off', ema_decay=0.0)
+    gan = ColorizationGAN(args, Compute(device, 'fp32'))
+    lab = torch.rand(8, 3, args.image_size, args.image_size, device=device) * 2 - 1
     with FlopCounterMode(display=False) as counter:
-        train.gan_step(G, D, lab, args, opt_g, opt_d, scaler, utils.autocast_context(device, 'fp32'))
+        gan.step(lab, 1)
     return counter.get_total_flops() / 8
 
 
@@ -214,20 +264,86 @@ def matmul_peak(device, precision, n=4096, calls=5):
     return max(rates)
 
 
+def folder_pool(train_set, batch_size, device, memory_format, batches=FOLDER_POOL_BATCHES):
+    """The first `batches` whole training batches of a folder data set (shuffled, cropped and
+    flipped as train.py draws them), decoded now, on `device` in `memory_format`."""
+    pool = []
+    drawn = train_set.batches(batch_size, shuffle=True, flip=True, generator=torch.Generator().manual_seed(0),
+                              device=device)
+    try:
+        for _, lab in drawn:
+            if len(lab) == batch_size:
+                pool.append(lab.contiguous(memory_format=memory_format))
+            if len(pool) == batches:
+                break
+    finally:
+        drawn.close()
+    if not pool:
+        raise UserError(f"the training folder holds {len(train_set)} images, fewer than --batch_sizes {batch_size}; "
+                        f"pick a smaller batch size")
+    return pool
+
+
+def loader_rate(train_set, batch_size, seconds):
+    """(images per second, images, seconds) of a folder data set's training batches alone, as
+    train.py draws them (shuffle, crop, flip), counted from the first batch on for about `seconds`:
+    the workers' start-up is left out, except where a small folder's epochs end and restart."""
+    images, start = 0, None
+    for epoch in itertools.count():
+        drawn = train_set.batches(batch_size, shuffle=True, flip=True, generator=torch.Generator().manual_seed(epoch))
+        try:
+            for _, lab in drawn:
+                if start is None:
+                    start = time.perf_counter()
+                    continue
+                images += len(lab)
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds:
+                    return images / elapsed, images, elapsed
+        finally:
+            drawn.close()
+
+
+def workers_name(n):
+    return f"{n} worker{'' if n == 1 else 's'}" if n else 'no workers (in process)'
+
+
 def synthetic_images(n, seed=0):
     rng = np.random.default_rng(seed)
     return LabImages(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.int64))
+
+
+def print_rows(rows, baseline):
+    header = f"{'recipe':9s} {'batch':>5s} {'train img/s':>11s} {'infer img/s':>11s} {'GFLOP/img':>9s} {'MFU':>6s}"
+    if baseline:
+        header += f" {'reference img/s':>15s} {'ratio':>6s}"
+    print(header)
+    for r in rows:
+        line = (f"{r['recipe']:9s} {r['batch_size']:5d} {r['train_images_per_s']:11.1f} "
+                f"{r['inference_images_per_s']:11.0f} {r['flops_per_train_image'] / 1e9:9.2f} {100 * r['mfu']:5.1f}%")
+        if baseline:
+            line += f" {r['reference_images_per_s']:15.1f} {r['ratio']:5.2f}x"
+        print(line)
+
+
+def machine_line(results):
+    return (f"cpu {results['cpu']}; device {results['device']}, precision {results['precision']}, "
+            f"channels-last {'on' if results['channels_last'] else 'off'}, torch {results['torch']}, "
+            f"{results['threads']} threads")
 
 
 def main(argv=None):
     args = parse_args(argv)
     # The reference's 4 workers on a 2-core machine draw PyTorch's warning; that is what it ran with.
     warnings.filterwarnings('ignore', message='This DataLoader will create')
-    device = utils.pick_device(args.device)
-    precision = utils.resolve_precision(args.precision, device)
-    channels_last = train.use_channels_last(args.channels_last, device)
-    results = {'device': str(device), 'cpu': utils.cpu_description(), 'precision': precision,
-               'channels_last': channels_last, 'torch': torch.__version__, 'threads': torch.get_num_threads()}
+    compute = Compute.from_flags(args)
+    device, precision = compute.device, compute.precision
+    channels_last = use_channels_last(args.channels_last, device)
+    results = {'device': str(device), 'cpu': cpu_description(), 'precision': precision,
+               'channels_last': channels_last, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+               'dataset': args.dataset, 'image_size': args.image_size}
+    if args.dataset == 'folder':
+        return bench_folder(args, compute, channels_last, results)
     if args.synthetic:
         images = synthetic_images(max(BASELINE_IMAGES, 4 * max(args.batch_sizes)))
     else:
@@ -245,8 +361,8 @@ def main(argv=None):
             flags = RECIPES[name]
             flops = flops_per_training_image(flags, device)
             for batch_size in args.batch_sizes:
-                train_once, infer, forms_line = project_step(flags, batch_size, images, device, precision,
-                                                             channels_last, args.autotune)
+                train_once, infer, forms_line = project_step(flags, batch_size, images, compute, channels_last,
+                                                             args.autotune)
                 print(f"  {name} batch {batch_size}: {forms_line}", file=sys.stderr)
                 runs = {'project': train_once}
                 if args.baseline:
@@ -266,25 +382,91 @@ def main(argv=None):
                       file=sys.stderr)
     results['rows'] = rows
 
-    print(f"cpu {results['cpu']}; device {device}, precision {precision}, "
-          f"channels-last {'on' if channels_last else 'off'}, torch {torch.__version__}, {results['threads']} threads")
+    print(machine_line(results))
     if 'load_seconds' in results:
         print(f"load and convert {results['load_images']} images: {results['load_seconds']:.2f} s")
     print(f"matrix-multiply peak ({precision}): {peak / 1e9:.0f} GFLOP/s")
-    header = f"{'recipe':9s} {'batch':>5s} {'train img/s':>11s} {'infer img/s':>11s} {'GFLOP/img':>9s} {'MFU':>6s}"
-    if args.baseline:
-        header += f" {'reference img/s':>15s} {'ratio':>6s}"
-    print(header)
-    for r in rows:
-        line = (f"{r['recipe']:9s} {r['batch_size']:5d} {r['train_images_per_s']:11.1f} "
-                f"{r['inference_images_per_s']:11.0f} {r['flops_per_train_image'] / 1e9:9.2f} {100 * r['mfu']:5.1f}%")
-        if args.baseline:
-            line += f" {r['reference_images_per_s']:15.1f} {r['ratio']:5.2f}x"
-        print(line)
+    print_rows(rows, args.baseline)
+    if args.json:
+        utils.write_json(args.json, results)
+    return 0
+
+
+def bench_folder(args, compute, channels_last, results):
+    """--dataset folder: the step at --image_size fed from the folder's batches, the loader alone
+    with each of --loader_workers, and whether each keeps up with the step."""
+    device, precision, size = compute.device, compute.precision, args.image_size
+    start = time.perf_counter()
+    train_set = FolderImages(args.data_path, 'train', size, num_workers=0)
+    results['list_seconds'] = time.perf_counter() - start
+    results['data_path'] = os.path.abspath(args.data_path)
+    results['train_images'] = len(train_set)
+    size_flags = ['--dataset', 'folder', '--image_size', str(size)]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    pools = {b: folder_pool(train_set, b, device, memory_format) for b in args.batch_sizes}
+    peak = matmul_peak(device, precision)
+    results['matmul_peak_flops'] = peak
+    rows = []
+    for name in args.recipes:
+        flags = RECIPES[name] + size_flags
+        flops = flops_per_training_image(flags, device)
+        for batch_size in args.batch_sizes:
+            train_once, infer, forms_line = project_step(flags, batch_size, None, compute, channels_last,
+                                                         args.autotune, pool=pools[batch_size])
+            print(f"  {name} batch {batch_size}: {forms_line}", file=sys.stderr)
+            train_rate = timed_rates({'project': train_once}, batch_size, device, args.windows,
+                                     args.seconds)['project']
+            infer_rate = timed_rates({'infer': infer}, batch_size, device, args.windows, args.seconds / 3)['infer']
+            rows.append({'recipe': name, 'batch_size': batch_size, 'train_images_per_s': train_rate,
+                         'inference_images_per_s': infer_rate, 'flops_per_train_image': flops,
+                         'mfu': train_rate * flops / peak, 'layer_forms': forms_line})
+            print(f"  {name} batch {batch_size}: {train_rate:.1f} img/s training, {infer_rate:.0f} inference",
+                  file=sys.stderr)
+    del pools
+    results['rows'] = rows
+
+    loader = []
+    for batch_size in args.batch_sizes:
+        for workers in args.loader_workers:
+            timed_set = FolderImages(args.data_path, 'train', size, num_workers=workers)
+            rate, images, seconds = loader_rate(timed_set, batch_size, args.seconds)
+            loader.append({'batch_size': batch_size, 'workers': workers, 'images_per_s': rate, 'images': images,
+                           'seconds': seconds})
+            print(f"  loader batch {batch_size}, {workers_name(workers)}: {rate:.0f} img/s", file=sys.stderr)
+    results['loader'] = loader
+    verdicts = []
+    for row in rows:
+        for entry in loader:
+            if entry['batch_size'] == row['batch_size']:
+                loaded, trained = entry['images_per_s'], row['train_images_per_s']
+                verdicts.append({'recipe': row['recipe'], 'batch_size': row['batch_size'],
+                                 'workers': entry['workers'], 'loader_images_per_s': loaded,
+                                 'train_images_per_s': trained, 'keeps_up': loaded >= trained,
+                                 'loaded_per_trained': loaded / trained})
+    results['keeps_up'] = verdicts
+
+    print(machine_line(results))
+    print(f"folder {args.data_path}: {len(train_set)} training images, listed in {results['list_seconds']:.2f} s; "
+          f"{size}x{size} images and networks")
+    print(f"matrix-multiply peak ({precision}): {peak / 1e9:.0f} GFLOP/s")
+    print("the step, fed with batches decoded in advance:")
+    print_rows(rows, False)
+    print(f"the loader alone (decode, crop, flip, Lab; in training its workers share the {os.cpu_count()} cores "
+          f"with the step):")
+    print(f"{'batch':>5s} {'workers':>7s} {'loaded img/s':>12s}")
+    for entry in loader:
+        print(f"{entry['batch_size']:5d} {entry['workers']:7d} {entry['images_per_s']:12.0f}")
+    print("does the loader keep up with the step?")
+    for v in verdicts:
+        how = (f"keeps up ({v['loader_images_per_s']:.0f} img/s loaded >= {v['train_images_per_s']:.1f} img/s "
+               f"trained)" if v['keeps_up'] else
+               f"the step waits for the data ({v['loader_images_per_s']:.0f} img/s loaded < "
+               f"{v['train_images_per_s']:.1f} img/s trained)")
+        print(f"  {v['recipe']} batch {v['batch_size']}, {workers_name(v['workers'])}: {how}")
     if args.json:
         utils.write_json(args.json, results)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(utils.run_cli(main))
+    sys.exit(run_cli(main))

@@ -1,8 +1,10 @@
 """Colorize pictures of any size with a trained generator, keeping their lightness exactly.
 
-The generator saw 32x32 images only, so it runs at that size: each picture's lightness L is
-shrunk to 32x32, the predicted ab is scaled back up smoothly to the picture's own size, and joined
-with the picture's own full-resolution L. Only colour is added: the output has the input's size,
+The generator runs at the size it was trained at (--predict_at model): each picture's lightness L
+is resized to it (32x32 for the reference's networks), the predicted ab is scaled back up smoothly
+to the picture's own size, and joined with the picture's own full-resolution L. Nazeri et al.'s
+larger networks are fully convolutional, so they can also run at the picture's own size
+(--predict_at photo), rounded to the multiple they accept and capped at --max_side. Only colour is added: the output has the input's size,
 name, format, bit depth (8 or 16) and alpha, and its L equals the input's within one level of 255
 (JPEG, being lossy, moves a few percent of the pixels by two or three levels when it stores them).
 """
@@ -16,9 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoints
+import dataset
+import pictures
 import utils
-from models import IMAGE_SIZE
-from utils import UserError, number_in
+from cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff')
@@ -28,22 +32,30 @@ KINDS = 'PNG, JPEG, BMP, TIFF or WebP'
 MAX_BATCH_PIXELS = 1 << 26
 GAMUT_STEPS = 10  # bisection steps: within 1/1024 of the largest share of colour RGB can show
 GAP = 6
+MAX_SIDE = 1024
 
 
 def parse_args(argv=None):
-    p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
+    p = OneLineArgumentParser(prog='colorize.py', description=__doc__.split('\n\n')[0])
     p.add_argument('inputs', nargs='+', metavar='INPUT', help=f'{KINDS} files, or folders of them')
     p.add_argument('--checkpoint', required=True, metavar='CK',
-                   help="a train.py checkpoint, a generator .safetensors file (train.py, export.py), or a bare "
-                        "generator state dict in the reference's layout")
+                   help="a train.py checkpoint, a generator .safetensors file or model folder (train.py, export.py), "
+                        "or a bare generator state dict in the reference's layout")
     p.add_argument('--output', required=True, metavar='DIR',
                    help='where the colorized pictures go, under the same file names (created if needed)')
     p.add_argument('--batch_size', type=number_in(int, 1), default=64, help='(default: 64)')
     p.add_argument('--compare', action='store_true',
                    help='also write NAME_compare.png: input, grayscale and colorized side by side')
-    p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps')
-    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
-                   help='autocast precision; auto: bf16 where the hardware runs it natively, else fp32 (default: auto)')
+    p.add_argument('--predict_at', choices=('model', 'photo'), default='model',
+                   help="model: predict the colours at the model's training size and scale them up; photo (64-pixel "
+                        "models and larger): at the picture's own size, rounded to the multiple the network takes, the "
+                        "longer side capped at --max_side (default: model)")
+    p.add_argument('--max_side', type=number_in(int, 32), default=MAX_SIDE,
+                   help=f'with --predict_at photo, the longest side the network runs at (default: {MAX_SIDE})')
+    p.add_argument('--data_path', default='./data',
+                   help="where the model's training data is, for a mid-epoch checkpoint's exact batch-norm "
+                        "statistics (default: ./data)")
+    add_compute_flags(p)
     return p.parse_args(argv)
 
 
@@ -140,13 +152,31 @@ def resize(image, width, height):
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
+def network_size(G, height, width, predict_at, max_side):
+    """(height, width) the generator runs at for a picture of this size."""
+    if G.fixed_size or predict_at == 'model':
+        side = G.fixed_size or G.image_size
+        return side, side
+    scale = min(1.0, max_side / max(height, width))
+    m = G.size_multiple
+    return (max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m))
+
+
 @torch.no_grad()
-def predict_ab(G, pictures, device, autocast):
-    """The generator's ab for each picture's lightness shrunk to 32x32: (N, 32, 32, 2) in [-1, 1]."""
-    L = np.stack([np.clip(resize(p.lightness, IMAGE_SIZE, IMAGE_SIZE), 0, 100) / 50 - 1 for p in pictures])
-    with autocast:
-        ab = G(torch.from_numpy(L[:, None].astype(np.float32)).to(device)).float()
-    return ab.permute(0, 2, 3, 1).cpu().numpy()
+def predict_ab(G, batch, compute, predict_at='model', max_side=MAX_SIDE):
+    """The generator's ab for each picture's lightness resized to the size it runs at (see
+    network_size): a list of (h, w, 2) arrays in [-1, 1]."""
+    sizes = [network_size(G, *p.lightness.shape, predict_at, max_side) for p in batch]
+    predictions = [None] * len(batch)
+    for size in dict.fromkeys(sizes):  # one generator call per size
+        members = [i for i, s in enumerate(sizes) if s == size]
+        L = np.stack([pictures.lightness_to_network(np.clip(resize(batch[i].lightness, size[1], size[0]), 0, 100))
+                      for i in members])
+        with compute.autocast:
+            ab = G(torch.from_numpy(L[:, None].astype(np.float32)).to(compute.device)).float()
+        for i, one in zip(members, ab.permute(0, 2, 3, 1).cpu().numpy()):
+            predictions[i] = one
+    return predictions
 
 
 def lab_to_bgr_keeping_lightness(lab):
@@ -190,7 +220,7 @@ def round_keeping_lightness(bgr, lightness):
 def colorize(picture, ab_small):
     """Full-resolution L joined with the predicted ab scaled up to the picture's size: float BGR."""
     h, w = picture.lightness.shape
-    ab = np.clip(resize(ab_small, w, h).reshape(h, w, 2), -1, 1) * np.float32(127)
+    ab = pictures.ab_from_network(np.clip(resize(ab_small, w, h).reshape(h, w, 2), -1, 1))
     return lab_to_bgr_keeping_lightness(np.dstack([picture.lightness, ab]))
 
 
@@ -239,17 +269,17 @@ def write_picture(path, image):
     params = []
     if path.lower().endswith(('.jpg', '.jpeg')):
         params = [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    utils.write_encoded(path, image, params)
+    pictures.write_encoded(path, image, params)
 
 
 def report(path, reason):
     tqdm.write(f"{os.path.basename(__file__)}: skipped {path}: {reason}", file=sys.stderr)
 
 
-def finish_batch(G, batch, device, autocast):
+def finish_batch(G, batch, compute, predict_at, max_side):
     """Colorize and write a batch of (path, targets, picture); returns how many failed to write."""
     failed = 0
-    predictions = predict_ab(G, [picture for _, _, picture in batch], device, autocast)
+    predictions = predict_ab(G, [picture for _, _, picture in batch], compute, predict_at, max_side)
     for (path, (target, comparison), picture), ab in zip(batch, predictions):
         output = stored(picture, colorize(picture, ab))
         try:
@@ -265,16 +295,14 @@ def finish_batch(G, batch, device, autocast):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = utils.pick_device(args.device)
-    precision = utils.resolve_precision(args.precision, device)
-    autocast = utils.autocast_context(device, precision)
+    compute = Compute.from_flags(args)
     images = find_images(args.inputs)
     targets = output_paths(images, args.output, args.compare)
-    G, exact, _ = utils.load_generator(args.checkpoint, device)
-    if not exact:
-        print(f"note: {args.checkpoint} is a mid-epoch checkpoint: its batch-norm statistics are training's running "
-              f"averages, not exact ones, so colours may be a little off; an epoch checkpoint has exact ones",
-              file=sys.stderr)
+
+    def training_images(run_args):
+        return dataset.open_test_split(run_args.get('dataset', 'cifar10'), args.data_path, run_args['image_size'],
+                                       train=True)
+    G, _ = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
     utils.check_writable_folder(args.output, '--output')
 
     failed = 0
@@ -291,7 +319,7 @@ def main(argv=None):
             batch.append((path, pair, picture))
             batch_pixels += picture.lightness.size
         if batch and (len(batch) == args.batch_size or batch_pixels >= MAX_BATCH_PIXELS or i == len(images) - 1):
-            failed += finish_batch(G, batch, device, autocast)
+            failed += finish_batch(G, batch, compute, args.predict_at, args.max_side)
             bar.update(len(batch))
             batch, batch_pixels = [], 0
     bar.close()
@@ -301,4 +329,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(utils.run_cli(main))
+    sys.exit(run_cli(main))

@@ -208,16 +208,16 @@ def choose_forms(model, sample, autocast=contextlib.nullcontext(), max_rounds=2)
     if not layers or sample.device.type != 'cpu':
         return {}
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0].detach()))
-             for name, m in layers.items()]
     with torch.random.fork_rng(devices=[]):
-        try:
-            trial = copy.deepcopy(model).train()  # its statistics may change; the model's may not
-            with torch.no_grad(), autocast:
-                trial(sample)
-        finally:
-            for h in hooks:
-                h.remove()
+        # The copy runs (its statistics may change; the model's may not), so the hooks that
+        # record each layer's input go on the copy's layers, and go with it.
+        trial = copy.deepcopy(model).train()
+        hooks = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0].detach()))
+                 for name, m in two_form_layers(trial).items()]
+        with torch.no_grad(), autocast:
+            trial(sample)
+        for h in hooks:
+            h.remove()
         with autocast:
             dtype = _compute_dtype(sample)
         chosen = {}

@@ -1,4 +1,5 @@
-"""CIFAR-10 batch files -> Lab tensors in memory -> training and validation batches."""
+"""The images a run trains and validates on: CIFAR-10's batch files held in memory as Lab
+tensors, or a folder of photographs streamed by folders.py, behind one interface (`batches`)."""
 import io
 import os
 import pickle
@@ -6,7 +7,8 @@ import pickle
 import numpy as np
 import torch
 
-from utils import UserError, rgb_to_lab
+from cli import UserError
+from pictures import rgb_to_lab
 
 CIFAR_FOLDER = 'cifar-10-batches-py'
 # The names of the labels 0 to 9 (batches.meta of the official archive).
@@ -15,6 +17,7 @@ CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR_MD5 = 'c58f30108f718f92721af3b95e74349a'
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
 TEST_FILES = ('test_batch',)
+DATASETS = ('cifar10', 'folder')
 
 # What a CIFAR batch pickle may contain besides plain data: numpy arrays and their dtypes.
 # Anything else (os.system, builtins.eval, ...) is refused before it can run.
@@ -91,6 +94,9 @@ class LabImages:
     that a gathered batch permuted to (B, 3, 32, 32) is already channels-last; `rgb`
     (N, 32, 32, 3) uint8, the originals, for scores; `labels` (N,)."""
 
+    class_names = CLASS_NAMES
+    image_size = 32
+
     def __init__(self, rgb, labels):
         self.rgb = rgb
         self.labels = labels
@@ -99,11 +105,13 @@ class LabImages:
     def __len__(self):
         return len(self.lab)
 
-    def batches(self, batch_size, shuffle=False, flip=False, generator=None, device='cpu', start=0, share=None):
+    def batches(self, batch_size, shuffle=False, flip=False, generator=None, device='cpu', start=0, share=None,
+                with_rgb=False):
         """Yield (indices, lab) batches on `device`: a random order and a random horizontal flip
         (p = 0.5) for training, the fixed order for validation. `start` skips the first batches;
         `share` maps a batch's indices (and flips) to the part this process takes of it, so that
-        every process draws the same order and flips and together they see each whole batch."""
+        every process draws the same order and flips and together they see each whole batch.
+        `with_rgb`: (indices, lab, the uint8 RGB originals as an (N, H, W, 3) array)."""
         n = len(self.lab)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         flips = torch.rand(n, generator=generator) < 0.5 if flip else None
@@ -114,7 +122,14 @@ class LabImages:
             if flips is not None:
                 # (B, H, W, C): the width axis is 2
                 lab = torch.where(share(flips[first:first + batch_size])[:, None, None, None], lab.flip(2), lab)
-            yield idx, lab.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            lab = lab.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            if with_rgb:
+                rgb = self.rgb[idx.numpy()]
+                if flips is not None:
+                    rgb = np.where(share(flips[first:first + batch_size]).numpy()[:, None, None, None], rgb[:, :, ::-1], rgb)
+                yield idx, lab, rgb
+            else:
+                yield idx, lab
 
     def num_batches(self, batch_size):
         return (len(self.lab) + batch_size - 1) // batch_size
@@ -132,3 +147,34 @@ def load_split(data_path, train, download=True):
     rgb = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return LabImages(rgb, labels)
+
+
+def open_splits(args, procs, pin_memory=False):
+    """(training set, test set) of a run's flags (--dataset, --data_path, --image_size,
+    --num_workers); the test set on the first process only, which alone validates. The first
+    process on each machine downloads CIFAR-10 if needed while the others wait."""
+    if args.dataset == 'folder':
+        from folders import FolderImages
+        train_set = FolderImages(args.data_path, 'train', args.image_size, args.num_workers, pin_memory)
+        test_set = FolderImages(args.data_path, 'val', args.image_size, args.num_workers, pin_memory) \
+            if procs.is_main else None
+    else:
+        if procs.local_rank > 0:
+            procs.barrier()
+        train_set = load_split(args.data_path, train=True)
+        test_set = load_split(args.data_path, train=False) if procs.is_main else None
+        if procs.local_rank == 0:
+            procs.barrier()
+    last_batch = len(train_set) % args.batch_size
+    if 0 < last_batch < procs.world_size:
+        raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
+                        f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
+    return train_set, test_set
+
+
+def open_test_split(dataset, data_path, image_size=32, num_workers=0, pin_memory=False, train=False):
+    """The images test.py scores (or, with train=True, those exact batch-norm statistics come from)."""
+    if dataset == 'folder':
+        from folders import FolderImages
+        return FolderImages(data_path, 'train' if train else 'val', image_size, num_workers, pin_memory)
+    return load_split(data_path, train=train)

@@ -11,7 +11,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -118,6 +117,22 @@ class Processes:
 
     def _collective_device(self):
         return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+
+def process_seed(seed, rank, step):
+    """The dropout random stream of process `rank` > 0 from `step` on (process 0 uses `seed`'s, as
+    a single process does)."""
+    return seed + 1_000_003 * rank + 7919 * step
+
+
+def restore_random_state(ckpt, procs, seed):
+    """Each process's own dropout random state where the checkpoint has one for it (the same
+    number of processes); otherwise the first process's, and fresh ones for the others."""
+    states = ckpt.get('rng_per_process') or [ckpt['rng']]
+    if len(states) == procs.world_size or procs.is_main:
+        torch.set_rng_state(states[procs.rank] if len(states) == procs.world_size else states[0])
+    else:
+        torch.manual_seed(process_seed(seed, procs.rank, ckpt['step']))
 
 
 def lost_contact(error):

@@ -1,7 +1,11 @@
-"""The two networks of SPEC.md: a U-Net generator (L -> ab) and a whole-image discriminator.
+"""The networks: U-Net generators (L -> ab) and discriminators (Lab -> real/fake logits).
 
-Blocks are named as in the reference (`down1.model.0.weight`, ...), so its published generator
-weights load as they are.
+At 32x32 (CIFAR-10), the reference project's pair: `Generator` and a whole-image `Discriminator`,
+with blocks named as in the reference (`down1.model.0.weight`, ...), so that its published
+generator weights load as they are. At 64, 128 and 256, the larger networks of Nazeri et al.'s own
+(TensorFlow) code for Places365: `NazeriGenerator`, a deeper U-Net of "same"-padded convolutions,
+and `PatchDiscriminator`, one score per 70x70 patch. `build_generator` and `build_discriminator`
+pick the pair for an image size.
 """
 import torch
 import torch.nn.functional as F
@@ -13,7 +17,7 @@ from spectral import spectral_norm
 GENERATOR_NORMS = ('batch', 'instance')
 DISCRIMINATOR_NORMS = ('batch', 'instance', 'spectral')
 IMAGE_SIZE = 32
-# Both networks first resize 32x32 to 35x35, so that a 4x4 stride-1 unpadded conv returns to 32x32.
+# The reference networks first resize 32x32 to 35x35, so that a 4x4 stride-1 unpadded conv returns to 32x32.
 RESIZED = 35
 
 
@@ -45,11 +49,37 @@ class Block(nn.Module):
         return self.model(x)
 
 
+class SameConv2d(nn.Conv2d):
+    """A stride-1 4x4 convolution with TensorFlow's "same" padding: zeros, 1 before and 2 after
+    in each spatial dimension, so the output has the input's size. A plain Conv2d otherwise (same
+    parameters and state-dict keys; init_weights and spectral_norm treat it as one), padding
+    explicitly because padding='same' warns at every call for even kernels."""
+
+    PAD = (1, 2, 1, 2)  # (left, right, top, bottom)
+
+    def __init__(self, c_in, c_out, kernel_size=4):
+        if kernel_size != 4:
+            raise ValueError(f"SameConv2d pads for a 4x4 kernel, got {kernel_size}")
+        super().__init__(c_in, c_out, kernel_size, 1, 0)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.PAD))
+
+    def extra_repr(self):
+        return super().extra_repr() + ", same-padded (1, 2, 1, 2)"
+
+
 def _down(c_in, c_out, norm, stride=2, padding=1, bf16_form=None):
     """A conv block; with `bf16_form`, its convolution can also run as matrix products
-    (convolutions.py), and `bf16_form` is the form it takes in bf16 when nothing was measured."""
-    conv = nn.Conv2d(c_in, c_out, 4, stride, padding) if bf16_form is None else \
-        MatmulConv2d(c_in, c_out, 4, stride, padding, bf16_form=bf16_form)
+    (convolutions.py), and `bf16_form` is the form it takes in bf16 when nothing was measured.
+    padding='same' (stride 1 only): TensorFlow's "same" padding, by SameConv2d."""
+    if padding == 'same':
+        if stride != 1 or bf16_form is not None:
+            raise ValueError("'same' padding is for stride-1 library convolutions")
+        conv = SameConv2d(c_in, c_out)
+    else:
+        conv = nn.Conv2d(c_in, c_out, 4, stride, padding) if bf16_form is None else \
+            MatmulConv2d(c_in, c_out, 4, stride, padding, bf16_form=bf16_form)
     layers = [conv]
     if norm == 'spectral':
         spectral_norm(layers[0])
@@ -73,8 +103,11 @@ def _resize_input(x):
 
 
 class Generator(nn.Module):
-    """(N, 1, 32, 32) L in network scale -> (N, 2, 32, 32) ab in [-1, 1]. `dropout`: the
-    probability of the dropout after up1 and up2 (the reference's 0.5; 0 turns it off)."""
+    """The reference's U-Net: (N, 1, 32, 32) L in network scale -> (N, 2, 32, 32) ab in [-1, 1].
+    `dropout`: the probability of the dropout after up1 and up2 (the reference's 0.5; 0 turns it
+    off)."""
+
+    fixed_size = 32  # takes exactly 32x32 (it resizes to 35x35 first)
 
     def __init__(self, norm='batch', dropout=0.5):
         super().__init__()
@@ -110,7 +143,10 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(N, 3, 32, 32) Lab in network scale -> (N,) raw real/fake scores (logits), one per image."""
+    """The reference's discriminator: (N, 3, 32, 32) Lab in network scale -> (N,) raw real/fake
+    scores (logits), one per image."""
+
+    fixed_size = 32
 
     def __init__(self, norm='batch'):
         super().__init__()
@@ -125,6 +161,120 @@ class Discriminator(nn.Module):
     def forward(self, lab):
         x = self.down4(self.down3(self.down2(self.down1(_resize_input(lab)))))
         return self.final(x).flatten()
+
+
+NAZERI_SIZES = (64, 128, 256)
+
+
+def nazeri_channels(image_size):
+    """The encoder's output channels e1, e2, ... for an image side of `image_size`: one
+    stride-1 layer, then stride-2 layers down to 2x2; 64 channels at the first two levels, then
+    doubling up to 512 and staying there (256: 64, 64, 128, 256, 512, 512, 512, 512)."""
+    if image_size not in NAZERI_SIZES:
+        raise ValueError(f"Nazeri et al.'s networks are for image sizes {NAZERI_SIZES}, got {image_size!r}")
+    halvings = image_size.bit_length() - 2  # image_size / 2**halvings == 2
+    return [64] + [min(64 * 2 ** i, 512) for i in range(halvings)]
+
+
+class NazeriGenerator(nn.Module):
+    """Nazeri et al.'s U-Net for larger images: (N, 1, H, W) L in network scale -> (N, 2, H, W)
+    ab in [-1, 1]. Built for `image_size` in 64, 128, 256 (the depth that takes that side down to
+    2x2), and fully convolutional: any H and W that are multiples of `size_multiple`.
+
+    Encoder e1 (4x4 stride 1, "same" padding) then 4x4 stride-2 layers, each conv -> norm ->
+    LeakyReLU(0.2); decoder d1, d2, ... 4x4 stride-2 transposed convs -> norm -> ReLU, each
+    concatenated with the mirrored encoder output; a 1x1 conv and tanh. Every conv keeps its bias.
+    Their generator for Places365 had no dropout; here `dropout` (as in `Generator`) follows d1 and
+    d2, and the layers stay there at p = 0 too, so that every generator has the same layers."""
+
+    fixed_size = None
+
+    def __init__(self, image_size, norm='batch', dropout=0.5):
+        super().__init__()
+        if norm not in GENERATOR_NORMS:
+            raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"generator dropout must be in [0, 1), got {dropout!r}")
+        channels = nazeri_channels(image_size)
+        self.image_size = image_size
+        self.size_multiple = 2 ** (len(channels) - 1)
+        self.encoder_names = [f'e{i + 1}' for i in range(len(channels))]
+        self.decoder_names = [f'd{i + 1}' for i in range(len(channels) - 1)]
+        self.e1 = _down(1, channels[0], norm, stride=1, padding='same')
+        for name, c_in, c_out in zip(self.encoder_names[1:], channels, channels[1:]):
+            setattr(self, name, _down(c_in, c_out, norm))
+        c_in = channels[-1]
+        for i, name in enumerate(self.decoder_names):
+            c_out = channels[-2 - i]  # that of the encoder output it is concatenated with
+            setattr(self, name, _up(c_in, c_out, norm, dropout=dropout if i < 2 else None))
+            c_in = 2 * c_out
+        self.final = Block(nn.Conv2d(c_in, 2, 1, 1, 0), nn.Tanh())
+
+    def forward(self, L):
+        h, w = L.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"{type(self).__name__}({self.image_size}) takes sides that are multiples of "
+                             f"{self.size_multiple}, got {h}x{w}")
+        skips = []
+        x = L
+        for name in self.encoder_names:
+            x = getattr(self, name)(x)
+            skips.append(x)
+        skips.pop()  # the innermost output feeds d1 and is not concatenated
+        for name in self.decoder_names:
+            x = torch.cat([getattr(self, name)(x), skips.pop()], dim=1)
+        return self.final(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """Nazeri et al.'s PatchGAN discriminator for larger images: (N, 3, H, W) Lab in network scale
+    -> (N, P) raw real/fake logits, one per patch, P = (H/8) * (W/8); each sees a 70x70 patch.
+
+    down1 (3 -> 64, stride 2, never normalized), down2 (-> 128, stride 2), down3 (-> 256,
+    stride 2), down4 (-> 512, stride 1, "same"), each conv -> norm -> LeakyReLU(0.2); final
+    512 -> 1, 4x4 stride 1 "same". The layer list is the reference discriminator's, so the
+    parameter count is the same. With 'spectral', the convs of down2..down4 are spectrally
+    normalized and nothing else normalizes."""
+
+    fixed_size = None
+
+    def __init__(self, norm='batch'):
+        super().__init__()
+        if norm not in DISCRIMINATOR_NORMS:
+            raise ValueError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {norm!r}")
+        self.down1 = _down(3, 64, None)
+        self.down2 = _down(64, 128, norm)
+        self.down3 = _down(128, 256, norm)
+        self.down4 = _down(256, 512, norm, stride=1, padding='same')
+        self.final = Block(SameConv2d(512, 1))
+
+    def forward(self, lab):
+        x = self.down4(self.down3(self.down2(self.down1(lab))))
+        return self.final(x).flatten(1)
+
+
+IMAGE_SIZES = (IMAGE_SIZE,) + NAZERI_SIZES
+
+
+def network_family(image_size):
+    """'reference' (the reference project's pair) for 32, 'nazeri' for 64, 128 and 256."""
+    if image_size == IMAGE_SIZE:
+        return 'reference'
+    if image_size in NAZERI_SIZES:
+        return 'nazeri'
+    raise ValueError(f"image size must be one of {IMAGE_SIZES}, got {image_size!r}")
+
+
+def build_generator(image_size=IMAGE_SIZE, norm='batch', dropout=0.5):
+    if network_family(image_size) == 'reference':
+        return Generator(norm, dropout)
+    return NazeriGenerator(image_size, norm, dropout)
+
+
+def build_discriminator(image_size=IMAGE_SIZE, norm='batch'):
+    if network_family(image_size) == 'reference':
+        return Discriminator(norm)
+    return PatchDiscriminator(norm)
 
 
 def init_weights(model):

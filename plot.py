@@ -13,7 +13,7 @@ import os
 import sys
 
 import utils
-from utils import UserError
+from cli import OneLineArgumentParser, UserError, run_cli
 
 STEP_PANELS = (('g_l1', 'generator L1 loss'), ('g_adv', 'generator adversarial loss'),
                ('d_loss', 'discriminator loss'), ('d_acc', 'discriminator accuracy'))
@@ -22,7 +22,7 @@ COLORS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:b
 
 
 def parse_args(argv=None):
-    p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
+    p = OneLineArgumentParser(prog='plot.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--save_path', nargs='+', default=['./checkpoints'], metavar='RUN',
                    help="train.py's --save_path of each run: reads log.csv (and steps.csv) there (default: ./checkpoints)")
     p.add_argument('--labels', nargs='+', metavar='LABEL',
@@ -174,4 +174,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(utils.run_cli(main))
+    sys.exit(run_cli(main))

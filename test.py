@@ -1,8 +1,8 @@
-"""Recolorize the CIFAR-10 test set with trained generators, draw comparison grids, and score them.
+"""Score trained generators on the CIFAR-10 test set or a folder's val/ images, with comparison grids.
 
-Every generator runs in eval mode over the whole test set. Scores (SPEC.md): mean |ab error| in
-network scale, MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness; the no-color
-baseline (ab = 0) is scored alongside.
+Every generator runs in eval mode over the whole test set. Scores: mean |ab error| in network
+scale, MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness; the no-color
+baseline (ab = 0) is scored alongside, and every score per class where the images have classes.
 """
 import html
 import os
@@ -14,24 +14,35 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoints
+import dataset
+import pictures
+import provenance
+import published
 import utils
-from dataset import CLASS_NAMES, load_split
-from utils import UserError, number_in
+from cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
+from scores import ColorizationScores
 
 GRID_ROWS = 14
+CLASSES_PRINTED = 10
 BASELINE = 'no color (ab=0)'
 
 
 def parse_args(argv=None):
-    p = utils.OneLineArgumentParser(description=__doc__.split('\n\n')[0])
+    p = OneLineArgumentParser(prog='test.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--checkpoints', nargs='+', metavar='CK',
-                   help="train.py checkpoints, generator .safetensors files (train.py, export.py), or bare "
-                        "generator state dicts in the reference's layout "
+                   help="train.py checkpoints, generator .safetensors files or model folders (train.py, export.py), "
+                        "or bare generator state dicts in the reference's layout "
                         "(default: the two generators the reference published, downloaded once into --weights_cache)")
-    p.add_argument('--weights_cache', default=utils.default_weights_cache(),
-                   help="where the reference's published generators are kept (default: %(default)s)")
+    p.add_argument('--weights_cache', default=published.default_weights_cache(),
+                   help="where the reference's published generators are kept (default: $XDG_CACHE_HOME/colorization-gan, "
+                        "or ~/.cache/colorization-gan)")
     p.add_argument('--labels', nargs='+', help='names for the checkpoints in pictures and tables (default: file names)')
-    p.add_argument('--data_path', default='./data', help='where CIFAR-10 is (default: ./data)')
+    p.add_argument('--dataset', choices=dataset.DATASETS, default='cifar10',
+                   help="cifar10: its test set; folder: the val/ images of --data_path (default: cifar10)")
+    p.add_argument('--data_path', default='./data', help='where the data set is (default: ./data)')
+    p.add_argument('--num_workers', type=number_in(int, 0), default=2,
+                   help='processes decoding a folder data set (default: 2)')
     p.add_argument('--save_path', default='output_imgs/',
                    help='grids, metrics.json and index.html (default: output_imgs/)')
     p.add_argument('--batch_size', type=number_in(int, 1), default=250, help='(default: 250)')
@@ -41,14 +52,14 @@ def parse_args(argv=None):
                    help="keep the generator's dropout on at test time (default: off, see README)")
     p.add_argument('--show', action='store_true', help="open the results page in the default web browser")
     p.add_argument('--per_class', action='store_true',
-                   help='also print the scores per CIFAR-10 class (metrics.json and the results page always have them)')
+                   help='also print the scores per class (metrics.json and the results page always have them); with '
+                        f'more than {2 * CLASSES_PRINTED} classes, the {CLASSES_PRINTED} best and worst')
     p.add_argument('--pick', type=number_in(int, 1), metavar='N',
                    help='with two checkpoints A and B: also draw the N test images where A beats B most, where B '
                         'beats A most, and where both struggle most, by per-image mean |ab error| (see README)')
-    p.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, mps')
-    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto', help='(default: auto)')
+    add_compute_flags(p)
     args = p.parse_args(argv)
-    n_checkpoints = len(args.checkpoints or utils.PUBLISHED_GENERATORS)
+    n_checkpoints = len(args.checkpoints or published.PUBLISHED_GENERATORS)
     if args.labels and len(args.labels) != n_checkpoints:
         p.error(f"--labels has {len(args.labels)} names for {n_checkpoints} checkpoints")
     if args.pick and n_checkpoints != 2:
@@ -91,10 +102,19 @@ def format_table(results, truth_colorfulness, first_column=''):
 
 
 def format_class_table(per_class, labels):
-    """Per CIFAR-10 class: each checkpoint's mean |ab error| and colorfulness, and the truth's colorfulness."""
+    """Per class: each checkpoint's mean |ab error| and colorfulness, and the truth's colorfulness.
+    With many classes, the CLASSES_PRINTED best and worst by the first checkpoint's error."""
     header = f"{'class':12s}" + ''.join(f" {label[:18]:>18s}" for label in labels) + f" {'truth':>8s}"
     lines = [header, f"{'':12s}" + ' ' * len(labels) * 19 + ' (mean |ab error| / colorfulness)']
-    for name in per_class[labels[0]]:
+    names = list(per_class[labels[0]])
+    if len(names) > 2 * CLASSES_PRINTED:
+        names.sort(key=lambda name: per_class[labels[0]][name]['mean_ab_error'])
+        names = names[:CLASSES_PRINTED] + [None] + names[-CLASSES_PRINTED:]
+    for name in names:
+        if name is None:
+            lines.append(f"... {len(per_class[labels[0]]) - 2 * CLASSES_PRINTED} classes between "
+                         f"(all in metrics.json and on the results page) ...")
+            continue
         cells = ''.join(f" {per_class[label][name]['mean_ab_error']:9.4f}/{per_class[label][name]['colorfulness']:8.2f}"
                         for label in labels)
         lines.append(f"{name:12s}{cells} {per_class[labels[0]][name]['truth_colorfulness']:8.2f}")
@@ -124,7 +144,7 @@ img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
 
 
 def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout, per_class,
-                       picks=None):
+                       picks=None, images_name='CIFAR-10 test images'):
     """One self-contained HTML page: the metrics table, what each measure means, the per-class
     table, the grids and the --pick pictures (linked by file name, so the page goes along with
     the folder)."""
@@ -155,7 +175,7 @@ def write_results_page(path, results, labels, grid_paths, truth_colorfulness, pr
 <html lang="en"><head><meta charset="utf-8"><title>Colorization results</title>
 <style>{PAGE_STYLE}</style></head><body>
 <h1>Colorization results</h1>
-<p>{results[BASELINE]['images']} CIFAR-10 test images; precision {esc(precision)};
+<p>{results[BASELINE]['images']} {esc(images_name)}; precision {esc(precision)};
 dropout {'on' if keep_dropout else 'off'} at test time.</p>
 <table><tr><th></th>{head}</tr>
 {chr(10).join(rows)}
@@ -173,101 +193,138 @@ dropout {'on' if keep_dropout else 'off'} at test time.</p>
     utils.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
 
 
+def load_generators(args, compute):
+    """The generators to score, each with exact batch-norm statistics, and their labels."""
+    if not args.checkpoints:  # as the reference's test.py: its two published generators, side by side
+        fetched = published.fetch_published_generators(args.weights_cache)
+        args.checkpoints = [path for _, path in fetched]
+        args.labels = args.labels or [label for label, _ in fetched]
+    labels = args.labels or [os.path.basename(os.path.normpath(p)) for p in args.checkpoints]
+    if len(set(labels)) != len(labels):
+        raise UserError("two checkpoints share a label: name them apart with --labels")
+    ckpts = [checkpoints.load_checkpoint(p) for p in args.checkpoints]
+    sizes = {checkpoints.generator_state(ckpt, p)[1]['image_size'] for ckpt, p in zip(ckpts, args.checkpoints)}
+    if len(sizes) > 1:
+        raise UserError(f"the checkpoints are of different image sizes ({', '.join(map(str, sorted(sizes)))}): "
+                        f"score them in separate runs")
+
+    def training_images(run_args):
+        return dataset.open_test_split(args.dataset, args.data_path, run_args['image_size'], args.num_workers,
+                                       train=True)
+    generators = [checkpoints.generator_for_use(p, compute, training_images, ckpt)[0]
+                  for p, ckpt in zip(args.checkpoints, ckpts)]
+    for G in generators:
+        checkpoints.set_dropout(G, args.keep_dropout)
+    return generators, labels, sizes.pop()
+
+
+class Scoring:
+    """The scores of every generator and the baseline, overall and per class, and the pictures
+    the grids and --pick draw from, gathered batch by batch."""
+
+    def __init__(self, labels, class_names, n_grid_images, keep_every_image):
+        self.labels = labels
+        self.class_names = class_names
+        self.scores = {label: ColorizationScores() for label in [BASELINE] + labels}
+        self.class_scores = {label: {name: ColorizationScores() for name in class_names}
+                             for label in [BASELINE] + labels}
+        self.n_grid_images = n_grid_images
+        self.columns = []  # per image drawn: original, grayscale, then one per generator
+        self.keep_every_image = keep_every_image  # for --pick: each image's mean |ab error|, and its pictures
+        self.image_errors = {label: [] for label in labels}
+        self.every_column = []
+
+    def add(self, idx, lab, truth, classes, predictions_ab):
+        """`predictions_ab`: each generator's predicted ab for the batch, in label order."""
+        L, ab = lab[:, :1], lab[:, 1:]
+        # (class name, members as a numpy mask for pictures, as a tensor mask for ab), once per batch
+        groups = [(self.class_names[c], classes == c, torch.from_numpy(classes == c).to(lab.device))
+                  for c in np.unique(classes) if c >= 0]
+        gray = pictures.network_to_rgb(L, torch.zeros_like(ab))
+        predictions = []
+        for label, fake_ab in [(BASELINE, None)] + list(zip(self.labels, predictions_ab)):
+            if fake_ab is None:
+                fake_ab, rgb = torch.zeros_like(ab), gray
+            else:
+                rgb = pictures.network_to_rgb(L, fake_ab)
+                predictions.append(rgb)
+                if self.keep_every_image:
+                    self.image_errors[label].append((fake_ab - ab).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+            self.scores[label].add(fake_ab, ab, rgb, truth)
+            for name, members, picked in groups:
+                self.class_scores[label][name].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
+        for i in range(min(len(truth), self.n_grid_images - len(self.columns))):
+            self.columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
+        if self.keep_every_image:
+            self.every_column.append(np.stack([truth, gray] + predictions, axis=1))
+
+    def results(self):
+        results = {label: s.result() for label, s in self.scores.items()}
+        per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
+                     for label, by_class in self.class_scores.items()}
+        return results, per_class
+
+
+def draw_grids(scoring, labels, save_path):
+    paths = []
+    for g in range(0, len(scoring.columns), GRID_ROWS):
+        picture = pictures.image_grid(scoring.columns[g:g + GRID_ROWS], border=6, scale=1.6,
+                                      column_labels=['original', 'grayscale'] + labels)
+        path = os.path.join(save_path, f'grid_{g // GRID_ROWS:03d}.png')
+        pictures.write_image(path, picture)
+        paths.append(path)
+    return paths
+
+
+def draw_picks(scoring, labels, n, save_path):
+    every_column = np.concatenate(scoring.every_column)
+    rule = picked_images(*(np.concatenate(scoring.image_errors[label]) for label in labels), n, *labels)
+    picks = {}
+    for title, indices in rule.items():
+        path = os.path.join(save_path, 'pick_' + ''.join(c if c.isalnum() else '_' for c in title) + '.png')
+        pictures.write_image(path, pictures.image_grid(list(every_column[indices]), border=6, scale=1.6,
+                                                       column_labels=['original', 'grayscale'] + labels))
+        picks[title] = {'test_images': indices, 'picture': os.path.basename(path)}
+    return picks
+
+
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
-    device = utils.pick_device(args.device)
-    precision = utils.resolve_precision(args.precision, device)
-    autocast = utils.autocast_context(device, precision)
-    if not args.checkpoints:  # as the reference's test.py: its two published generators, side by side
-        published = utils.fetch_published_generators(args.weights_cache)
-        args.checkpoints = [path for _, path in published]
-        args.labels = args.labels or [label for label, _ in published]
-    labels = args.labels or [os.path.basename(p) for p in args.checkpoints]
-    if len(set(labels)) != len(labels):
-        raise UserError("two checkpoints share a label: name them apart with --labels")
-    loaded = [utils.load_generator(p, device) for p in args.checkpoints]
+    compute = Compute.from_flags(args)
+    generators, labels, image_size = load_generators(args, compute)
     utils.check_writable_folder(args.save_path, '--save_path')
-    test_set = load_split(args.data_path, train=False)
-    if not all(exact for _, exact, _ in loaded):
-        train_set = load_split(args.data_path, train=True)
-        for path, (G, exact, seed) in zip(args.checkpoints, loaded):
-            if not exact:
-                print(f"{path}: a mid-epoch checkpoint; computing its exact batch-norm statistics as train.py would")
-                utils.recalibrate_generator(G, train_set, seed, device, autocast)
-    generators = [G for G, _, _ in loaded]
-    for G in generators:
-        utils.set_dropout(G, args.keep_dropout)
+    test_set = dataset.open_test_split(args.dataset, args.data_path, image_size, args.num_workers,
+                                       pin_memory=compute.device.type == 'cuda')
+    scoring = Scoring(labels, test_set.class_names, args.num_grids * GRID_ROWS, keep_every_image=bool(args.pick))
+    batches = test_set.batches(args.batch_size, device=compute.device, with_rgb=True)
+    for idx, lab, truth in tqdm(batches, total=test_set.num_batches(args.batch_size), desc='colorize',
+                                dynamic_ncols=True):
+        with compute.autocast:
+            predictions = [G(lab[:, :1]).float() for G in generators]
+        scoring.add(idx, lab, truth, test_set.labels[idx.numpy()], predictions)
+    grid_paths = draw_grids(scoring, labels, args.save_path)
+    picks = draw_picks(scoring, labels, args.pick, args.save_path) if args.pick else {}
 
-    scores = {label: utils.ColorizationScores() for label in [BASELINE] + labels}
-    class_scores = {label: {name: utils.ColorizationScores() for name in CLASS_NAMES} for label in [BASELINE] + labels}
-    n_grid_images = args.num_grids * GRID_ROWS
-    columns = []  # per image drawn: original, grayscale, then one per generator
-    image_errors = {label: [] for label in labels}  # for --pick: each image's mean |ab error|, and its pictures
-    every_column = []
-    batches = test_set.batches(args.batch_size, device=device)
-    for idx, lab in tqdm(batches, total=test_set.num_batches(args.batch_size), desc='colorize', dynamic_ncols=True):
-        L, ab = lab[:, :1], lab[:, 1:]
-        truth = test_set.rgb[idx.numpy()]
-        classes = test_set.labels[idx.numpy()]
-        # (class name, members as a numpy mask for pictures, as a tensor mask for ab), once per batch
-        groups = [(CLASS_NAMES[c], classes == c, torch.from_numpy(classes == c).to(device)) for c in np.unique(classes)]
-        gray = utils.network_to_rgb(L, torch.zeros_like(ab))
-        predictions = []
-        for label, G in [(BASELINE, None)] + list(zip(labels, generators)):
-            if G is None:
-                fake_ab, rgb = torch.zeros_like(ab), gray
-            else:
-                with autocast:
-                    fake_ab = G(L).float()
-                rgb = utils.network_to_rgb(L, fake_ab)
-                predictions.append(rgb)
-                if args.pick:
-                    image_errors[label].append((fake_ab - ab).abs().mean(dim=(1, 2, 3)).cpu().numpy())
-            scores[label].add(fake_ab, ab, rgb, truth)
-            for name, members, picked in groups:
-                class_scores[label][name].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
-        for i in range(min(len(truth), n_grid_images - len(columns))):
-            columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
-        if args.pick:
-            every_column.append(np.stack([truth, gray] + predictions, axis=1))
-
-    grid_paths = []
-    for g in range(0, len(columns), GRID_ROWS):
-        picture = utils.image_grid(columns[g:g + GRID_ROWS], border=6, scale=1.6,
-                                   column_labels=['original', 'grayscale'] + labels)
-        path = os.path.join(args.save_path, f'grid_{g // GRID_ROWS:03d}.png')
-        utils.write_image(path, picture)
-        grid_paths.append(path)
-
-    picks = {}
-    if args.pick:
-        every_column = np.concatenate(every_column)
-        rule = picked_images(*(np.concatenate(image_errors[label]) for label in labels), args.pick, *labels)
-        for title, indices in rule.items():
-            path = os.path.join(args.save_path, 'pick_' + ''.join(c if c.isalnum() else '_' for c in title) + '.png')
-            utils.write_image(path, utils.image_grid(list(every_column[indices]), border=6, scale=1.6,
-                                                     column_labels=['original', 'grayscale'] + labels))
-            picks[title] = {'test_images': indices, 'picture': os.path.basename(path)}
-
-    results = {label: s.result() for label, s in scores.items()}
-    per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
-                 for label, by_class in class_scores.items()}
+    results, per_class = scoring.results()
     truth_colorfulness = results[BASELINE]['truth_colorfulness']
     print(format_table(results, truth_colorfulness))
-    if args.per_class:
+    if args.per_class and per_class[BASELINE]:
         print(format_class_table(per_class, labels))
+    images_name = 'CIFAR-10 test images' if args.dataset == 'cifar10' else f'val/ images of {args.data_path}'
     metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, args.checkpoints)},
                'baseline': results[BASELINE], 'truth_colorfulness': truth_colorfulness, 'per_class': per_class,
-               'images': results[BASELINE]['images'], 'precision': precision, 'keep_dropout': args.keep_dropout}
+               'images': results[BASELINE]['images'], 'precision': compute.precision,
+               'keep_dropout': args.keep_dropout, 'dataset': args.dataset, 'image_size': image_size,
+               'provenance': provenance.provenance()}
     if picks:
         metrics['picks'], metrics['pick_rule'] = picks, PICK_RULE
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
     print(f"wrote {len(grid_paths)} grids{f', {len(picks)} pictures of picked images' if picks else ''} "
           f"and metrics.json to {args.save_path}")
     page_path = os.path.join(args.save_path, 'index.html')
-    write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, precision, args.keep_dropout,
-                       per_class, picks)
+    write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, compute.precision,
+                       args.keep_dropout, per_class, picks, images_name)
     print(f"wrote the results page {page_path}")
     if args.show:
         show_page(page_path)
@@ -275,4 +332,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(utils.run_cli(main))
+    sys.exit(run_cli(main))

@@ -1,23 +1,74 @@
 import contextlib
+import functools
+import http.server
+import importlib.machinery
+import importlib.util
 import io
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')
+
+
+def _keep_the_standard_librarys_test_package():
+    """The project has a test.py at its top level, where the tests import its modules from (and
+    where `python -m pytest` run in it looks first): there, a plain `import test`, by a test or
+    by anything the tests run, would find the project's script instead of the standard library's
+    `test` package. Loading the standard library's package under its name first makes every
+    `import test` get it, whatever is on sys.path; the scripts are loaded by command_line()."""
+    loaded = sys.modules.get('test')
+    if loaded is not None and not _is_the_project_test_py(loaded):
+        return
+    spec = importlib.machinery.PathFinder.find_spec('test', [sysconfig.get_paths()['stdlib']])
+    if spec is None:  # a Python installed without its test package: nothing to keep
+        sys.modules.pop('test', None)
+        return
+    package = importlib.util.module_from_spec(spec)
+    sys.modules['test'] = package
+    spec.loader.exec_module(package)
+
+
+def _is_the_project_test_py(module):
+    path = getattr(module, '__file__', None)
+    return bool(path) and os.path.realpath(path) == os.path.realpath(os.path.join(ROOT, 'test.py'))
+
+
+_keep_the_standard_librarys_test_package()
+sys.path.insert(0, ROOT)
+
+
+def command_line(name):
+    """The project's script `name`.py (test, train, colorize, ...) as a module named
+    'colorization_{name}_cli', loaded from its file: a name no other module has, so that
+    test.py never takes the place of the standard library's `test` package. Loaded once."""
+    module_name = f'colorization_{name}_cli'
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
 
 
 def pytest_configure(config):
     """Temporary folders in memory where the machine has /dev/shm: the tests write checkpoints of
     300 MB by the dozen, and their fsync to disk would be a large part of the suite's time."""
+    config.addinivalue_line('markers', 'gpu: needs a CUDA device (tests/test_gpu.py); skipped where there is none')
     if config.option.basetemp is None and os.access('/dev/shm', os.W_OK) and not hasattr(config, 'workerinput'):
         config.option.basetemp = tempfile.mkdtemp(prefix='colorization-tests-', dir='/dev/shm')
         config.memory_basetemp = config.option.basetemp
@@ -48,6 +99,15 @@ def smooth_images(n, seed):
         img = c0 + np.multiply.outer(x, c1 - c0) + np.multiply.outer(y, c2 - c0) * 0.5
         images.append(np.clip(img, 0, 255))
     return np.stack(images).astype(np.uint8)
+
+
+def lab_batch(n, seed=5):
+    """n smooth images as a (n, 3, 32, 32) Lab batch in network scale, as the networks see them."""
+    import torch
+
+    from pictures import rgb_to_lab
+    lab = torch.from_numpy(rgb_to_lab(smooth_images(n, seed=seed), network_scale=True))
+    return lab.permute(0, 3, 1, 2).contiguous()
 
 
 def write_cifar_batch(path, rgb, labels=None):
@@ -81,11 +141,53 @@ def run_in_process(main, argv):
     one line on stderr and exit code 2; argparse exits with its own code) and return a
     CompletedProcess with the exit code and what it printed: the same checks as a subprocess,
     without an interpreter start-up per run. Signals and crashes still need real processes."""
-    import utils
+    from cli import run_cli
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = utils.run_cli(main, list(argv))
+            code = run_cli(main, list(argv))
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
+def train_command(data, ck, *flags):
+    """train.py on tiny data as a command line; the layer forms fixed (--autotune off) unless
+    `flags` say otherwise."""
+    return [sys.executable, os.path.join(ROOT, 'train.py'), '--data_path', data, '--save_path', ck,
+            '--samples_path', os.path.join(ck, 'samples'), '--batch_size', '8', '--precision', 'fp32',
+            '--autotune', 'off', *flags]
+
+
+def run_train(command):
+    """A train_command, run in this process (see run_in_process)."""
+    import train
+    return run_in_process(train.main, command[2:])
+
+
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A local HTTP server for the published-weights download: two generator state dicts in the
+    reference's layout, a web page posing as weights, and a truncated file."""
+    import torch
+
+    from models import Generator
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    torch.manual_seed(0)
+    state = Generator('batch').state_dict()
+    torch.save(state, folder / 'bn.pt')
+    torch.save(state, folder / 'sn.pt')
+    (folder / 'page.pt').write_text('<!DOCTYPE html><html><body>Dropbox: sign in</body></html>')
+    whole = (folder / 'bn.pt').read_bytes()
+    (folder / 'cut.pt').write_bytes(whole[:len(whole) // 2])
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(QuietFileHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{server.server_port}'
+    server.shutdown()

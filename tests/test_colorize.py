@@ -1,4 +1,3 @@
-import contextlib
 import os
 import re
 import subprocess
@@ -10,10 +9,11 @@ import pytest
 import torch
 
 import colorize
-import utils
+import pictures
+from checkpoints import load_generator
+from cli import Compute, run_cli
 from conftest import ROOT
 from models import Generator
-from utils import load_generator
 
 FLAGS = ['--device', 'cpu', '--precision', 'fp32']
 
@@ -109,7 +109,7 @@ def test_a_mixed_folder_is_colorized_keeping_size_lightness_depth_and_alpha(chec
     photo = str(inputs / 'photo.jpg')
     picture = colorize.read_picture(photo, keep_original=False)
     G, _, _ = load_generator(checkpoints[0], torch.device('cpu'))
-    ab = colorize.predict_ab(G, [picture], torch.device('cpu'), contextlib.nullcontext())[0]
+    ab = colorize.predict_ab(G, [picture], Compute(torch.device('cpu'), 'fp32'))[0]
     exact = colorize.stored(picture, colorize.colorize(picture, ab))
     assert np.abs(lightness8(exact) - lightness8(cv2.imread(photo))).max() <= 1
     assert np.abs(exact.astype(int) - cv2.imread(str(out / 'photo.jpg'))).max() <= 4
@@ -168,20 +168,20 @@ def test_bad_setups_end_with_one_line_and_exit_code_2(problem, words, checkpoint
         os.mkdir(inputs)
     else:
         open(output, 'w').close()
-    assert utils.run_cli(colorize.main, ['--checkpoint', ck, inputs, '--output', output, *FLAGS]) == 2
+    assert run_cli(colorize.main, ['--checkpoint', ck, inputs, '--output', output, *FLAGS]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and re.search(words, lines[0]), lines
 
 
 def test_a_failed_write_is_reported_and_the_others_are_still_written(checkpoints, tmp_path, monkeypatch, capsys):
     inputs, out = small_folder(tmp_path / 'in'), tmp_path / 'out'
-    atomic_write = utils.atomic_write
+    atomic_write = pictures.atomic_write  # how colorize.py writes its pictures (pictures.write_encoded)
 
     def disk_full_for_colour(path, write_fn, mode='wb'):
         if os.path.basename(path) == 'colour.png':
             raise OSError(28, 'No space left on device')
         atomic_write(path, write_fn, mode)
-    monkeypatch.setattr(utils, 'atomic_write', disk_full_for_colour)
+    monkeypatch.setattr(pictures, 'atomic_write', disk_full_for_colour)
     assert colorize.main(['--checkpoint', checkpoints[0], inputs, '--output', str(out), *FLAGS]) == 1
     assert os.listdir(out) == ['gray.bmp']
     assert f"skipped {os.path.join(inputs, 'colour.png')}: could not write its output (No space left on device)" \

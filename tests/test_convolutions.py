@@ -1,4 +1,6 @@
 """The start-up measurement that picks each layer's form (convolutions.choose_forms)."""
+import copy
+
 import pytest
 import torch
 
@@ -59,3 +61,24 @@ def test_set_forms_refuses_unknown_layers_and_forms():
         convolutions.set_forms(G, {'down1.model.0': 'matmul'}, torch.float32)  # not a two-form layer
     with pytest.raises(ValueError):
         convolutions.set_forms(G, {'up1.model.0': 'fast'}, torch.float32)
+
+
+def test_choosing_forms_does_not_rely_on_deepcopy_copying_hooks(monkeypatch):
+    """The layer inputs are recorded by hooks on the copy that runs, not on the model (whose
+    hooks a copy need not carry), and no hook is left behind on either."""
+    deepcopy = copy.deepcopy
+
+    def copy_without_hooks(obj, memo=None):
+        duplicate = deepcopy(obj, memo)
+        if memo is None and isinstance(duplicate, torch.nn.Module):  # the top-level copy of the model
+            for module in duplicate.modules():
+                module._forward_pre_hooks.clear()
+        return duplicate
+    monkeypatch.setattr(convolutions.copy, 'deepcopy', copy_without_hooks)
+    monkeypatch.setattr(convolutions, '_time_forward_backward', lambda layer, x, grad, autocast: 1.0)
+    G = Generator()
+    kept = G.down4.register_forward_pre_hook(lambda m, args: None)  # the user's own hook stays
+    chosen = convolutions.choose_forms(G, torch.randn(2, 1, 32, 32))
+    assert set(chosen) == set(convolutions.two_form_layers(G))
+    assert [len(m._forward_pre_hooks) for m in G.modules() if m._forward_pre_hooks] == [1]
+    kept.remove()

@@ -2,27 +2,28 @@ import functools
 import hashlib
 import http.server
 import os
-import threading
 import pickle
 import tarfile
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 import dataset
-import utils
-from conftest import SHARED_DATA, make_tiny_cifar, smooth_images
+from cli import UserError
+from conftest import SHARED_DATA, QuietFileHandler, make_tiny_cifar, smooth_images
+from pictures import rgb_to_lab
 
 
 def test_split_is_decoded_to_lab_in_memory(tiny_cifar):
     train = dataset.load_split(tiny_cifar, train=True)
     test = dataset.load_split(tiny_cifar, train=False)
     assert train.lab.shape == (80, 32, 32, 3) and train.rgb.shape == (80, 32, 32, 3) and len(test) == 24
-    # the pixels are the ones written, in the batch order, converted like utils does
+    # the pixels are the ones written, in the batch order, converted like pictures.py does
     assert np.array_equal(test.rgb, smooth_images(24, seed=99))
     assert np.array_equal(train.rgb[16:32], smooth_images(16, seed=2))
-    assert torch.equal(test.lab, torch.from_numpy(utils.rgb_to_lab(test.rgb, network_scale=True)))
+    assert torch.equal(test.lab, torch.from_numpy(rgb_to_lab(test.rgb, network_scale=True)))
 
 
 def test_validation_batches_keep_the_fixed_order(tiny_cifar):
@@ -72,7 +73,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     folder = make_tiny_cifar(str(tmp_path / 'data'))
     with open(os.path.join(folder, 'data_batch_3'), 'wb') as f:
         pickle.dump({b'data': _MakesAFile(str(marker)), b'labels': []}, f)
-    with pytest.raises(utils.UserError, match='data_batch_3.*(unsafe|refus)'):
+    with pytest.raises(UserError, match='data_batch_3.*(unsafe|refus)'):
         dataset.load_split(str(tmp_path / 'data'), train=True)
     assert not marker.exists()
 
@@ -89,14 +90,14 @@ def test_a_damaged_batch_is_named(tmp_path, damage):
     else:
         with open(path, 'wb') as f:
             pickle.dump({b'data': np.zeros((4, 100), np.uint8), b'labels': [0] * 4}, f)
-    with pytest.raises(utils.UserError, match='test_batch'):
+    with pytest.raises(UserError, match='test_batch'):
         dataset.load_split(str(tmp_path / 'data'), train=False)
 
 
 def test_a_missing_batch_is_named(tmp_path):
     folder = make_tiny_cifar(str(tmp_path / 'data'))
     os.remove(os.path.join(folder, 'data_batch_4'))
-    with pytest.raises(utils.UserError, match='data_batch_4.*missing'):
+    with pytest.raises(UserError, match='data_batch_4.*missing'):
         dataset.load_split(str(tmp_path / 'data'), train=True)
 
 
@@ -106,7 +107,7 @@ def test_download_fetches_and_checks_the_archive(tmp_path, monkeypatch):
     archive = tmp_path / 'cifar-10-python.tar.gz'
     with tarfile.open(archive, 'w:gz') as tar:
         tar.add(str(tmp_path / 'src' / 'cifar-10-batches-py'), arcname='cifar-10-batches-py')
-    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    handler = functools.partial(QuietFileHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -117,20 +118,15 @@ def test_download_fetches_and_checks_the_archive(tmp_path, monkeypatch):
         assert os.path.isfile(tmp_path / 'fresh' / 'cifar-10-batches-py' / 'test_batch')
         # an archive that fails its md5 check is refused
         monkeypatch.setattr(dataset, 'CIFAR_MD5', '0' * 32)
-        with pytest.raises(utils.UserError, match='download failed'):
+        with pytest.raises(UserError, match='download failed'):
             dataset.load_split(str(tmp_path / 'other'), train=False)
     finally:
         server.shutdown()
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def test_a_failed_download_says_what_to_put_where(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, 'CIFAR_URL', (tmp_path / 'nowhere.tar.gz').as_uri())
-    with pytest.raises(utils.UserError, match='cifar-10-batches-py.*under') as e:
+    with pytest.raises(UserError, match='cifar-10-batches-py.*under') as e:
         dataset.load_split(str(tmp_path / 'empty'), train=False)
     assert 'download failed' in str(e.value)
 

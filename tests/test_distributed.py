@@ -1,6 +1,5 @@
 """Training over several processes: the same experiment as one process, computed in two Gloo
-processes started here (torchrun is exercised in tests/test_train_distributed.py)."""
-import os
+processes started here (train.py under torchrun is exercised in tests/test_train.py)."""
 import socket
 
 import pytest
@@ -9,11 +8,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import checkpoints
 import distributed
-import train
-from conftest import smooth_images
-from models import Discriminator, Generator
-from utils import rgb_to_lab
+from cli import Compute
+from conftest import lab_batch
+from gan import ColorizationGAN
+from options import parse_training_args
 
 
 def free_port():
@@ -49,26 +49,27 @@ def _both_worker(procs, x, upstream, cases, lab, checkpoint):
 
 
 def one_process_checkpoint(path):
-    """A mid-epoch checkpoint as one process writes it (step 7, batch 2 of epoch 0)."""
-    args = train.parse_args(['--seed', '5'])
-    torch.manual_seed(1)
-    G, D, opt_g, opt_d = train.build_networks(args, torch.device('cpu'))
-    torch.save({'generator': G.state_dict(), 'generator_train': G.state_dict(), 'discriminator': D.state_dict(),
-                'opt_gen': opt_g.state_dict(), 'opt_disc': opt_d.state_dict(), 'epoch': 0, 'batches_done': 2,
-                'step': 7, 'args': vars(args), 'rng': torch.manual_seed(123).get_state(), 'rng_per_process': None}, path)
+    """A mid-epoch checkpoint as one process writes it (step 7, batch 2 of epoch 0) of a run with
+    --seed 5, holding other weights than a GAN built with --seed 5 starts with."""
+    args = parse_training_args(['--seed', '5', '--channels_last', 'off'])
+    gan = ColorizationGAN(parse_training_args(['--seed', '1', '--channels_last', 'off']))
+    checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
+        gan, epoch=0, batches_done=2, step=7, args=args, rng_states=[torch.manual_seed(123).get_state()],
+        layer_forms=None))
     return path
 
 
 def _resume_worker(procs, checkpoint):
-    args = train.parse_args(['--seed', '5'])
-    torch.manual_seed(2)  # other weights than the checkpoint's
-    G, D, opt_g, opt_d = train.build_networks(args, torch.device('cpu'))
+    args = parse_training_args(['--seed', '5', '--channels_last', 'off'])
+    gan = ColorizationGAN(args, procs=procs)  # as train.py builds it: other weights than the checkpoint's
     ckpt = torch.load(checkpoint, weights_only=True)
-    position = train.resume_from(ckpt, checkpoint, args, G, None, D, opt_g, opt_d,
-                                 torch.amp.GradScaler('cpu', enabled=False), procs)
-    expected_rng = ckpt['rng'] if procs.is_main else torch.Generator().manual_seed(train.process_seed(5, procs.rank, 7)).get_state()
-    return {'position': position,
-            'weights': all(torch.equal(v, ckpt['generator_train'][k]) for k, v in G.state_dict().items()),
+    differed = not all(torch.equal(v, ckpt['generator_train'][k]) for k, v in gan.G.state_dict().items())
+    position = checkpoints.restore_training(ckpt, checkpoint, args, gan)
+    distributed.restore_random_state(ckpt, procs, args.seed)
+    expected_rng = ckpt['rng'] if procs.is_main else \
+        torch.Generator().manual_seed(distributed.process_seed(5, procs.rank, 7)).get_state()
+    return {'position': position, 'differed': differed,
+            'weights': all(torch.equal(v, ckpt['generator_train'][k]) for k, v in gan.G.state_dict().items()),
             'rng': torch.equal(torch.get_rng_state(), expected_rng)}
 
 
@@ -79,15 +80,13 @@ def two_process_results(tmp_path_factory):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, 4, dtype=torch.float64) * 3 + 1
     upstream = torch.randn(6, 3, 4, 4, dtype=torch.float64)
-    cases = [train.parse_args(['--gen_dropout', '0', '--disc_norm', norm]) for norm in ('batch', 'spectral')]
+    # no dropout and no averaged generator: the step of two processes compares with one's
+    cases = [parse_training_args(['--gen_dropout', '0', '--ema_decay', '0', '--channels_last', 'off',
+                                  '--disc_norm', norm]) for norm in ('batch', 'spectral')]
     lab = lab_batch(3).double()
     got = run_in_two_processes(_both_worker, x, upstream, cases, lab, checkpoint)
     return {'batchnorm': (x, upstream, got['batchnorm']), 'step': (cases, lab, got['step']), 'resume': got['resume'],
             'second process': got['second process']}
-
-
-def lab_batch(n, seed=5):
-    return torch.from_numpy(rgb_to_lab(smooth_images(n, seed=seed), network_scale=True)).permute(0, 3, 1, 2).contiguous()
 
 
 def test_processes_share_every_batch_in_consecutive_parts_that_differ_by_at_most_one():
@@ -125,21 +124,20 @@ def test_synchronized_batch_norm_computes_batch_norm_of_the_whole_global_batch(t
 def _step_worker(procs, cases, lab):
     results = []
     for args in cases:
-        G, D, opt_g, opt_d = networks_in_fp64(args)
-        distributed.synchronize_batchnorm(G), distributed.synchronize_batchnorm(D)
-        G_run, D_run = procs.wrap(G), procs.wrap(D)
-        scaler = torch.amp.GradScaler('cpu', enabled=False)
-        sums = train.train_step(G_run, D_run, None, opt_g, opt_d, scaler, procs.share(lab), 1, args,
-                                torch.autocast('cpu', enabled=False), procs, len(lab))
-        results.append({'sums': procs.sum_(sums), 'G': grads(G), 'D': grads(D), 'D_buffers': dict(D.named_buffers())})
+        gan = gan_in_fp64(args, procs)
+        gan.distribute()  # batch norm over both processes, DistributedDataParallel
+        sums = gan.step(procs.share(lab), 1, len(lab))
+        results.append({'sums': procs.sum_(sums), 'G': grads(gan.G), 'D': grads(gan.D),
+                        'D_buffers': dict(gan.D.named_buffers())})
     return results
 
 
-def networks_in_fp64(args):
-    torch.manual_seed(0)
-    G, D = Generator(args.gen_norm, args.gen_dropout).double(), Discriminator(args.disc_norm).double()
-    sgd = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (G, D)]
-    return G, D, *sgd
+def gan_in_fp64(args, procs=None):
+    """The GAN of `args` (seeded by its --seed) in fp64, with plain SGD for its optimizers."""
+    gan = ColorizationGAN(args, Compute(torch.device('cpu'), 'fp32'), procs)
+    gan.G.double(), gan.D.double()
+    gan.opt_g, gan.opt_d = (torch.optim.SGD(net.parameters(), lr=0.1) for net in (gan.G, gan.D))
+    return gan
 
 
 def grads(model):
@@ -152,17 +150,16 @@ def test_a_step_in_two_processes_computes_the_gradients_of_one_process(two_proce
     batch-norm and the spectral-norm discriminator."""
     cases, lab, everything = two_process_results['step']
     for args, got in zip(cases, everything):
-        G, D, opt_g, opt_d = networks_in_fp64(args)
-        sums = train.train_step(G, D, None, opt_g, opt_d, torch.amp.GradScaler('cpu', enabled=False), lab, 1, args,
-                                torch.autocast('cpu', enabled=False))
+        gan = gan_in_fp64(args)
+        sums = gan.step(lab, 1)
         torch.testing.assert_close(got['sums'], sums, rtol=1e-6, atol=1e-9)
-        for name, model in (('G', G), ('D', D)):
+        for name, model in (('G', gan.G), ('D', gan.D)):
             expected = grads(model)
             # relative to the network's largest gradient: biases that batch norm cancels get pure rounding noise
             scale = max(g.abs().max().item() for g in expected.values())
             for key, grad in expected.items():
                 assert (got[name][key] - grad).abs().max().item() <= 1e-7 * scale, f"{args.disc_norm}: {name}.{key}"
-        for key, buffer in D.named_buffers():
+        for key, buffer in gan.D.named_buffers():
             torch.testing.assert_close(got['D_buffers'][key].double(), buffer.double(), rtol=1e-6, atol=1e-9)
 
 
@@ -170,5 +167,5 @@ def test_two_processes_resume_a_one_process_checkpoint(two_process_results):
     """A 1-process checkpoint under torchrun: both processes take its weights and position; the
     first continues its random stream, the second starts its own, derived from (seed, rank, step)."""
     for got in (two_process_results['resume'], two_process_results['second process']['resume']):
-        assert got['position'] == (0, 2, 7, None)
-        assert got['weights'] and got['rng']
+        assert got['position'] == (0, 2, 7)
+        assert got['differed'] and got['weights'] and got['rng']

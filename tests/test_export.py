@@ -6,12 +6,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import checkpoints
 import colorize
 import export
-import test as test_cli
-import utils
-from conftest import run_in_process
+from conftest import command_line, run_in_process
 from models import Generator
+
+test_cli = command_line('test')
 
 
 def random_generator(norm, seed):
@@ -40,7 +41,7 @@ def test_a_reference_state_dict_exports_and_loads_back(tmp_path, norm):
     with safe_open(path, framework='pt') as f:
         assert f.metadata()['gen_norm'] == norm and f.metadata()['exact_statistics'] == 'true'
         assert set(f.keys()) == set(G.state_dict())
-    loaded, exact, _ = utils.load_generator(path, 'cpu')
+    loaded, exact, _ = checkpoints.load_generator(path, 'cpu')
     assert exact and torch.equal(outputs(loaded), outputs(G))
 
 
@@ -53,9 +54,9 @@ def test_a_mid_epoch_checkpoint_keeps_its_place_and_asks_for_statistics(tmp_path
     r = run_in_process(export.main, [str(tmp_path / 'checkpoint_ep3.pt')])
     assert r.returncode == 0, r.stderr
     assert 'mid-epoch' in r.stdout
-    loaded = utils.load_checkpoint(str(tmp_path / 'generator_ep3.safetensors'))
+    loaded = checkpoints.load_checkpoint(str(tmp_path / 'generator_ep3.safetensors'))
     assert (loaded['epoch'], loaded['step'], loaded['generator_exact_statistics']) == (3, 1234, False)
-    assert loaded['args'] == {'gen_norm': 'batch', 'gen_dropout': 0.25, 'seed': 7}
+    assert loaded['args'] == {'gen_norm': 'batch', 'gen_dropout': 0.25, 'seed': 7, 'image_size': 32}
     assert all(torch.equal(loaded['generator'][k], v) for k, v in G.state_dict().items())
 
 
@@ -68,12 +69,13 @@ def test_export_refuses_to_replace_a_file_or_misname_one(tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
     assert (tmp_path / 'g.safetensors').read_bytes() == b'keep me'
     assert run_in_process(export.main, [str(tmp_path / 'g.pt'), '--overwrite']).returncode == 0
-    assert utils.load_checkpoint(str(tmp_path / 'g.safetensors'))['args']['gen_norm'] == 'batch'
+    assert checkpoints.load_checkpoint(str(tmp_path / 'g.safetensors'))['args']['gen_norm'] == 'batch'
 
 
 def test_a_truncated_safetensors_file_is_one_line_everywhere(tmp_path, tiny_cifar):
     G = random_generator('batch', seed=4)
-    path = utils.save_generator_weights(str(tmp_path / 'g.safetensors'), G.state_dict(), 'batch')
+    path = checkpoints.save_generator_weights(str(tmp_path / 'g.safetensors'), G.state_dict(),
+                                             checkpoints.generator_config({'gen_norm': 'batch'}))
     data = open(path, 'rb').read()
     open(path, 'wb').write(data[:len(data) // 2])
     picture = str(tmp_path / 'bird.png')

@@ -5,8 +5,8 @@ import cv2
 import pytest
 
 import plot
-from conftest import ROOT, run_in_process
-from utils import UserError
+from conftest import run_in_process
+from cli import UserError
 
 COLUMNS = ('epoch', 'step', 'phase', 'g_adv', 'g_l1', 'g_loss', 'd_loss', 'd_acc', 'd_acc_real', 'd_acc_fake',
            'images', 'seconds', 'skipped_steps', 'lr_gen', 'lr_disc')

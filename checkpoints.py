@@ -1,0 +1,269 @@
+"""The files a run leaves and what reads them back: training checkpoints, generators alone.
+
+Training checkpoints (`checkpoint_ep{E}.pt` after an epoch, `checkpoint_step{S}.pt` within one)
+are pickles read with weights_only=True: tensors and plain data, never code. A generator alone is
+a .safetensors file: tensors and a string header that says how to build the network around them.
+Every file is written whole or not at all (utils.atomic_write), after checking that the disk has
+room for it, so a full disk ends in one line and the previous checkpoint stays intact.
+"""
+import contextlib
+import errno
+import io
+import os
+import pickle
+import shutil
+import warnings
+
+import torch
+
+import models
+from cli import UserError, first_line
+from utils import atomic_write, remove_torn_writes
+
+# The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed. A
+# checkpoint of the previous release has no image_size: it is of the 32x32 networks.
+ARCHITECTURE_FLAGS = ('image_size', 'gen_norm', 'disc_norm', 'gen_dropout')
+ARCHITECTURE_DEFAULTS = {'image_size': 32}
+STEP_CHECKPOINTS_KEPT = 3
+CHECKPOINT_PREFIXES = ('checkpoint_', 'generator_ep')
+
+
+# ---------------------------------------------------------------- writing and reading files
+
+def write_whole(path, data, what):
+    """Write the bytes `data` to `path` atomically, first checking the folder's free space, so a
+    full disk is one line naming the folder and the space needed, and no torn file is left."""
+    folder = os.path.dirname(os.path.abspath(path))
+    needed = len(data)
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            raise _disk_full(path, folder, needed, free, what)
+    try:
+        atomic_write(path, lambda f: f.write(data))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(path, folder, needed, None, what)
+        raise UserError(f"could not write the {what} {path} ({e.strerror or e}); any earlier file there is intact: "
+                        f"check that the folder is writable or pick another --save_path")
+
+
+def _disk_full(path, folder, needed, free, what):
+    have = f"{free / 1e6:,.0f} MB free" if free is not None else "the disk filled up while writing"
+    return UserError(f"the disk is full: the {what} {os.path.basename(path)} needs {needed / 1e6:,.0f} MB in {folder} "
+                     f"({have}); earlier checkpoints there are intact: free some space or pick another --save_path")
+
+
+def serialized(state):
+    """`state` as the bytes torch.save writes. Serializing in memory first means a failing disk
+    is met by a plain write, not inside torch's archive writer (which aborts the process)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getbuffer()
+
+
+def save_checkpoint(path, state):
+    write_whole(path, serialized(state), 'checkpoint')
+
+
+def load_checkpoint(path):
+    """A checkpoint as a dict. A .safetensors file (a generator alone) comes back shaped like a
+    training checkpoint: {'generator', 'args', 'epoch', 'step', ...}; so does a model folder."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'model.safetensors')):
+        return load_generator_weights(os.path.join(path, 'model.safetensors'))
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    if path.endswith('.safetensors'):
+        return load_generator_weights(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # torch warns about old pickle protocols: the error below says it all
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"checkpoint {path} is corrupt, or holds objects other than tensors and plain data "
+                        f"(refused: loading them could run code); it is not a checkpoint of this tool")
+    except Exception as e:
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
+                        f"it is corrupt, truncated, or not a checkpoint of this tool")
+
+
+# ---------------------------------------------------------------- names in a run's folder
+
+def epoch_checkpoint_path(save_path, epoch):
+    return os.path.join(save_path, f'checkpoint_ep{epoch}.pt')
+
+
+def step_checkpoint_path(save_path, step):
+    return os.path.join(save_path, f'checkpoint_step{step}.pt')
+
+
+def generator_weights_path(save_path, epoch):
+    return os.path.join(save_path, f'generator_ep{epoch}.safetensors')
+
+
+def newest_checkpoint(save_path):
+    """The most recently written checkpoint in `save_path` (writes are atomic, so each is whole)."""
+    names = [n for n in os.listdir(save_path) if n.startswith('checkpoint_') and n.endswith('.pt')]
+    if not names:
+        raise UserError(f"--resume latest: no checkpoint in {save_path}; start without --resume")
+    return max((os.path.join(save_path, n) for n in names), key=os.path.getmtime)
+
+
+def prune_step_checkpoints(save_path):
+    """Keep the newest few step checkpoints; epoch checkpoints are never removed."""
+    steps = sorted((n for n in os.listdir(save_path) if n.startswith('checkpoint_step') and n.endswith('.pt')),
+                   key=lambda n: int(n[len('checkpoint_step'):-3]))
+    for name in steps[:-STEP_CHECKPOINTS_KEPT]:
+        os.remove(os.path.join(save_path, name))
+
+
+def clear_torn_writes(save_path):
+    """Remove what a process killed mid-write left of a checkpoint or generator file."""
+    for prefix in CHECKPOINT_PREFIXES:
+        remove_torn_writes(save_path, prefix)
+
+
+# ---------------------------------------------------------------- the training checkpoint
+
+def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_forms, G_eval=None, extra=None):
+    """Everything a resumed run needs, as one dict. `G_eval`: the generator just validated, with
+    exact batch-norm statistics; without it (mid-epoch saves, Ctrl-C) the generator is the
+    averaged weights with training's running statistics, which loading for use recomputes.
+    `rng_states`: every process's random state, the first process's first."""
+    state = gan.state_dict()
+    state.update({
+        'generator': G_eval.state_dict() if G_eval is not None else gan.generator_with_running_statistics(),
+        'generator_exact_statistics': G_eval is not None,
+        'epoch': epoch, 'batches_done': batches_done, 'step': step, 'args': vars(args),
+        'rng': rng_states[0], 'rng_per_process': rng_states if len(rng_states) > 1 else None,
+        'layer_forms': layer_forms,
+    })
+    state.update(extra or {})
+    return state
+
+
+def check_architecture(saved_args, args, path):
+    """Refuse to resume a checkpoint whose networks have other shapes than this run's."""
+    def saved(flag):
+        return saved_args.get(flag, ARCHITECTURE_DEFAULTS.get(flag))
+    clashes = [f for f in ARCHITECTURE_FLAGS if saved(f) is not None and saved(f) != getattr(args, f)]
+    if clashes:
+        theirs = ' '.join(f"--{f} {saved(f)}" for f in clashes)
+        ours = ' '.join(f"--{f} {getattr(args, f)}" for f in clashes)
+        raise UserError(f"checkpoint {path} was trained with {theirs}, but this run has {ours}; "
+                        f"resume with the checkpoint's flags or start a new --save_path")
+
+
+def restore_training(ckpt, path, args, gan):
+    """Load a training checkpoint into `gan` (networks, optimizers, scaler); returns the place
+    to go on from: (epoch, batches done in it, step). Its step and batch counts are of global
+    batches, so a checkpoint of any number of processes resumes in any other."""
+    if not isinstance(ckpt, dict) or not {'generator', 'generator_train', 'discriminator'} <= set(ckpt):
+        raise UserError(f"{path} is not a training checkpoint of this tool (no generator and discriminator)")
+    check_architecture(ckpt.get('args', {}), args, path)
+    try:
+        gan.load_state_dict(ckpt)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"checkpoint {path} does not fit this configuration ({first_line(e)}); "
+                        f"resume with the flags it was trained with")
+    batches_done = ckpt.get('batches_done', 0)
+    if not batches_done:  # a finished epoch: go on with the next one
+        return ckpt['epoch'] + 1, 0, ckpt['step']
+    return ckpt['epoch'], batches_done, ckpt['step']
+
+
+# ---------------------------------------------------------------- the generator alone
+
+def generator_config(run_args):
+    """What builds a generator, from a run's flags (a previous release's lack image_size: 32)."""
+    image_size = int(run_args.get('image_size') or 32)
+    return {'gen_norm': run_args.get('gen_norm', 'batch'), 'gen_dropout': float(run_args.get('gen_dropout', 0.5)),
+            'image_size': image_size, 'network': models.network_family(image_size)}
+
+
+def build_generator(config):
+    return models.build_generator(config['image_size'], config['gen_norm'], config['gen_dropout'])
+
+
+def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True):
+    """Write the generator state dict `state` to `path` (.safetensors): tensors and a
+    string-to-string header saying how to build the network around them (`config`, see
+    generator_config) and where in its run it comes from."""
+    from safetensors.torch import save
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
+    metadata = {'format': 'pt', 'model': 'Nazeri et al. 2018 colorization generator (colorization-gan)',
+                **{key: str(value) for key, value in config.items()},
+                'epoch': str(epoch), 'step': str(step), 'seed': str(seed),
+                'exact_statistics': str(bool(exact_statistics)).lower()}
+    write_whole(path, save(tensors, metadata=metadata), 'generator file')
+    return path
+
+
+def load_generator_weights(path):
+    """A .safetensors generator as a checkpoint-shaped dict; a file without this tool's metadata
+    (someone else's conversion) comes back as the bare state dict, whose keys tell its layout."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:
+        raise UserError(f"{path} cannot be read as safetensors ({first_line(e)}): it is corrupt or truncated; "
+                        f"export it again with export.py")
+    if 'gen_norm' not in metadata:
+        return state
+
+    def number(key, kind, default=None):
+        with contextlib.suppress(KeyError, ValueError):
+            return kind(metadata[key])
+        return default
+    return {'generator': state, 'generator_exact_statistics': metadata.get('exact_statistics') != 'false',
+            'epoch': number('epoch', int), 'step': number('step', int),
+            'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float, 0.0),
+                     'seed': number('seed', int, 0), 'image_size': number('image_size', int, 32),
+                     **{key: metadata[key] for key in ('dataset', 'data_path') if key in metadata}}}
+
+
+def generator_state(ckpt, path):
+    """(state dict, generator config, exact statistics?) from a train.py checkpoint, a generator
+    file, or a bare state dict in the reference's layout (its published weights)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('generator'), dict):
+        run_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
+        return ckpt['generator'], generator_config(run_args), ckpt.get('generator_exact_statistics', True)
+    if isinstance(ckpt, dict) and 'down1.model.0.weight' in ckpt and 'final.model.0.weight' in ckpt:
+        norm = 'batch' if 'down1.model.1.running_mean' in ckpt else 'instance'
+        return ckpt, generator_config({'gen_norm': norm}), True
+    raise UserError(f"{path} holds no generator: expected a train.py checkpoint or a generator state dict")
+
+
+def load_generator(path, device, ckpt=None):
+    """(generator in eval mode on `device`, whether its batch-norm statistics are exact, the
+    run's flags as far as the file knows them) from the file `path` (or `ckpt`, read from it)."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    state, config, exact = generator_state(ckpt, path)
+    G = build_generator(config)
+    try:
+        G.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path} is not a generator of this architecture (--image_size {config['image_size']}, "
+                        f"--gen_norm {config['gen_norm']}): {first_line(e)}")
+    run_args = ckpt.get('args') if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), dict) else {}
+    return G.to(device).eval(), exact, dict(run_args, **config)
+
+
+def generator_for_use(path, compute, training_images, ckpt=None, say=print):
+    """The generator of `path` ready to colorize: eval mode, exact batch-norm statistics. Where
+    the file lacks them (a mid-epoch checkpoint), they are computed as train.py does at an epoch's
+    end, over the training images `training_images(run_args)` returns. Returns (G, run_args)."""
+    from calibration import recalibrate_generator
+    G, exact, run_args = load_generator(path, compute.device, ckpt)
+    if not exact:
+        say(f"{path}: a mid-epoch checkpoint; computing its exact batch-norm statistics as train.py would")
+        recalibrate_generator(G, training_images(run_args), run_args.get('seed', 0), compute.device, compute.autocast)
+    return G, run_args
+
+
+def set_dropout(model, on):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.train(on)

@@ -1,0 +1,154 @@
+"""Command-line helpers every script shares: one-line errors, checked numbers, and the device
+and precision a command runs in (the shared --device and --precision flags)."""
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported in one line, never as a traceback."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Bad flags end with one line naming the problem (and `--help` for the rest), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def number_in(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a number of `kind` within the given bounds, with a message that names them."""
+    left = '(' if low_open else '['
+    right = ')' if high_open else ']'
+    bounds = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+
+    def parse(text):
+        try:
+            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}")
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))) or value != value:
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {text}")
+        return value
+    return parse
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)`; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def first_line(error):
+    """The first line of an exception's message, or its type's name where it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------- device and precision
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+
+
+def add_compute_flags(parser):
+    """The --device and --precision flags, the same in every command line."""
+    parser.add_argument('--device', default='auto', help='auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps '
+                                                         '(default: auto)')
+    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
+                        help='autocast precision; auto: bf16 where the hardware runs it natively, else fp32 '
+                             '(default: auto)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """Where and how a command computes: the device, the resolved precision, and its autocast."""
+    device: 'torch.device'  # noqa: F821 (torch is imported where it is used: plot.py needs none of it)
+    precision: str
+
+    @property
+    def autocast(self):
+        return autocast_context(self.device, self.precision)
+
+    @classmethod
+    def from_flags(cls, args, device=None):
+        """From --device and --precision (or an already chosen `device`, such as a torchrun process's GPU)."""
+        device = device or pick_device(args.device)
+        return cls(device, resolve_precision(args.precision, device))
+
+
+def pick_device(name='auto'):
+    import torch
+    if name != 'auto':
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise UserError(f"--device {name!r} is not a device name ({e}); use auto, cpu, cuda or mps")
+        if device.type == 'cuda' and not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but this machine has no CUDA device; use --device cpu")
+        if device.type == 'mps' and not torch.backends.mps.is_available():
+            raise UserError(f"--device {name} asked for, but MPS is not available; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if torch.backends.mps.is_available():
+        return torch.device('mps')
+    return torch.device('cpu')
+
+
+def cpu_has_native_bf16():
+    import torch
+    # AMX or AVX512-BF16: bf16 matmuls run several times faster than fp32 there; elsewhere
+    # bf16 on a CPU is emulated and slower, so auto keeps fp32.
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_description():
+    """'AMD EPYC 7B13 (AVX2, no native bf16)': the CPU's name and the instruction set PyTorch
+    uses on it, for every speed figure printed, since figures from other CPUs do not compare."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    name = line.split(':', 1)[1].strip()
+                    break
+    import torch
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name} ({capability}, {'native' if cpu_has_native_bf16() else 'no native'} bf16)"
+
+
+def resolve_precision(precision, device):
+    """'auto' -> bf16 where the hardware runs it natively, else fp32. An explicit bf16 on a CPU
+    without native bf16 is refused at once: oneDNN would emulate it about 65x slower than fp32."""
+    if precision != 'auto':
+        if precision == 'fp16' and device.type == 'cpu':
+            raise UserError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        if precision == 'bf16' and device.type == 'cpu' and not cpu_has_native_bf16():
+            raise UserError(f"--precision bf16: this CPU, {cpu_description()}, has no native bf16 instructions "
+                            f"(AVX512-BF16 or AMX), so bf16 would be emulated, about 65x slower than fp32 "
+                            f"(a training step of minutes); use --precision fp32 or auto")
+        return precision
+    import torch
+    if device.type == 'cuda' and torch.cuda.is_bf16_supported():
+        return 'bf16'
+    if device.type == 'cpu' and cpu_has_native_bf16():
+        return 'bf16'
+    return 'fp32'
+
+
+def autocast_context(device, precision):
+    if precision == 'fp32':
+        return contextlib.nullcontext()
+    import torch
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

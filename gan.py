@@ -1,0 +1,290 @@
+"""The GAN under training, as one object that owns everything a training step changes.
+
+Both networks, the averaged generator, their Adam optimizers, the gradient scaler and the
+learning-rate schedule. `step(lab)` is one training step as Nazeri et al. and the reference take
+it: the generator first, on (1 - l1_weight) * BCE(D(L, G(L)), 1) + l1_weight * |ab - G(L)|, then
+the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fake batch.
+`evaluate(G, lab)` computes the same losses in eval mode, and the prediction.
+"""
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+import convolutions
+import distributed
+import models
+from calibration import recalibrate_generator
+from cli import Compute, cpu_description
+
+STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
+# Layer forms are timed on at most this many images, so the measurement stays within seconds.
+AUTOTUNE_IMAGES = 32
+
+
+class NonFiniteLoss(ArithmeticError):
+    pass
+
+
+def learning_rate(base_lr, step, decay_rate, decay_steps):
+    """Smooth exponential decay with a floor, set before every step; the step counter starts at 1."""
+    return max(base_lr * decay_rate ** (step / decay_steps), 1e-6)
+
+
+def ema_decay(decay, step):
+    """The averaging rate at `step`: warms up as (1 + step) / (10 + step), so that a short run
+    averages its last few dozen steps instead of keeping the random initialization."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def ema_update(average, model, decay):
+    torch._foreach_lerp_(list(average.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def use_channels_last(choice, device):
+    """auto: on where measured to help (CPUs, in fp32 and bf16: docs/performance.md), off elsewhere."""
+    if choice != 'auto':
+        return choice == 'on'
+    return device.type == 'cpu'
+
+
+def adam(params, lr, device):
+    # The fused kernel: measured 2x faster than the multi-tensor one on a CPU (docs/performance.md).
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=device.type in ('cpu', 'cuda') or None)
+
+
+def bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
+
+
+def summarize(sums):
+    """Means per image of a tensor of STAT_NAMES sums (accuracies: the share of scores right)."""
+    s = dict(zip(STAT_NAMES, sums.tolist()))
+    n = max(s['images'], 1)
+    return {'g_adv': s['g_adv'] / n, 'g_l1': s['g_l1'] / n, 'g_loss': s['g_loss'] / n, 'd_loss': s['d_loss'] / n,
+            'd_acc': (s['real_correct'] + s['fake_correct']) / (2 * n), 'd_acc_real': s['real_correct'] / n,
+            'd_acc_fake': s['fake_correct'] / n, 'images': int(s['images'])}
+
+
+class ColorizationGAN:
+    """`args`: train.py's flags (parse_args); `compute`: where and in what precision it runs;
+    `procs`: this process's place in a torchrun run (one process where None)."""
+
+    def __init__(self, args, compute=None, procs=None):
+        self.args = args
+        self.compute = compute or Compute(torch.device('cpu'), 'fp32')
+        self.procs = procs or distributed.Processes()
+        device = self.compute.device
+        self.channels_last = use_channels_last(getattr(args, 'channels_last', 'auto'), device)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        torch.manual_seed(args.seed)
+        self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout)
+        self.D = models.build_discriminator(args.image_size, args.disc_norm)
+        if args.apply_weight_init:
+            models.init_weights(self.G), models.init_weights(self.D)
+        self.G.to(device, memory_format=self.memory_format), self.D.to(device, memory_format=self.memory_format)
+        self.opt_g = adam(self.G.parameters(), args.base_lr_gen, device)
+        self.opt_d = adam(self.D.parameters(), args.base_lr_disc, device)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if args.ema_decay > 0 else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.compute.precision == 'fp16')
+        self.G_run, self.D_run = self.G, self.D  # what the step calls: DistributedDataParallel under torchrun
+
+    # ------------------------------------------------------------ set-up
+
+    def distribute(self):
+        """Under torchrun: batch norm over the global batch, gradients averaged by DistributedDataParallel."""
+        if self.procs.distributed:
+            distributed.synchronize_batchnorm(self.G), distributed.synchronize_batchnorm(self.D)
+            self.G_run, self.D_run = self.procs.wrap(self.G), self.procs.wrap(self.D)
+
+    def choose_layer_forms(self, saved=None):
+        """Measure which form each two-form layer runs fastest in (convolutions.py), or reuse the
+        choice `saved` in a checkpoint when it was measured for the same machine and settings.
+        Returns the record to save (None where nothing was measured: GPUs, --autotune off) and a
+        line that says what was chosen. Under torchrun the first process measures and all take
+        its choice, so that every process computes the same way."""
+        args, device, precision, procs = self.args, self.compute.device, self.compute.precision, self.procs
+        if device.type != 'cpu' or args.autotune == 'off':
+            return None, "layer forms: the fixed defaults (--autotune off, or not a CPU)"
+        setting = {'machine': cpu_description(), 'torch': str(torch.__version__), 'precision': precision,
+                   'channels_last': self.channels_last, 'batch_size': args.batch_size, 'processes': procs.world_size}
+        if saved and all(saved.get(k, 1 if k == 'processes' else None) == v for k, v in setting.items()):
+            record, how = saved, 'from the checkpoint, measured on this machine'
+        elif not procs.is_main:
+            record, how = None, 'measured by the first process'
+        else:
+            started = time.time()
+            n = min(args.batch_size // procs.world_size, AUTOTUNE_IMAGES)  # this process's part of a batch
+            record = dict(setting)
+            for key, model, channels in (('generator', self.G, 1), ('discriminator', self.D, 3)):
+                sample = torch.randn(n, channels, args.image_size, args.image_size).contiguous(
+                    memory_format=self.memory_format)
+                chosen = convolutions.choose_forms(model, sample, self.compute.autocast)
+                record[key] = {name: form for name, (form, _, _) in chosen.items()}
+            how = f'measured in {time.time() - started:.1f} s'
+        record = procs.broadcast(record)
+        dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
+        for key, models_ in (('generator', (self.G, self.G_ema)), ('discriminator', (self.D,))):
+            for model in models_:
+                if model is not None:
+                    convolutions.set_forms(model, record[key], dtype)
+        products = [f"{'G' if key == 'generator' else 'D'}.{name.split('.')[0]}"
+                    for key in ('generator', 'discriminator') for name, form in record[key].items() if form == 'matmul']
+        return record, f"layer forms ({how}): {', '.join(products) or 'none'} as matrix products, the rest the library's"
+
+    # ------------------------------------------------------------ the training step
+
+    def set_learning_rates(self, step):
+        for opt, base in ((self.opt_g, self.args.base_lr_gen), (self.opt_d, self.args.base_lr_disc)):
+            for group in opt.param_groups:
+                group['lr'] = learning_rate(base, step, self.args.lr_decay_rate, self.args.lr_decay_steps)
+
+    def step(self, lab, step, global_images=None):
+        """Optimizer step number `step` (counted from 1) on a Lab batch: this process's part of a
+        global batch of `global_images`. Returns the batch's sums of STAT_NAMES as one device
+        tensor, so the caller syncs with the host only when it shows them. A non-finite loss
+        raises NonFiniteLoss before anything is updated: both networks (weights, batch-norm
+        statistics, spectral-norm vectors), optimizers, scaler and averaged generator stay as
+        they were."""
+        self.set_learning_rates(step)
+        # DistributedDataParallel averages the processes' gradients; this weight makes that
+        # average the gradient of the global batch's mean losses.
+        share = len(lab) * self.procs.world_size / (global_images or len(lab))
+        buffers = self._buffers_snapshot() if self.args.nan_policy == 'skip' else None
+        fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.backward_G(lab, share)
+        real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
+        self.check_finite(g_loss, d_loss, buffers)
+        self.scaler.step(self.opt_g)
+        self.backward_D(d_loss, share)
+        self.scaler.update()
+        if self.G_ema is not None:
+            ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
+        return self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits)
+
+    def backward_G(self, lab, share):
+        """The generator's losses and their gradients. D is scored outside DDP, with no
+        gradients for its weights: the generator's step needs none (the reference computed and
+        discarded them)."""
+        self.D.requires_grad_(False)
+        try:
+            with self.compute.autocast:
+                losses = self.generator_losses(self.G_run, self.D, lab)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.scaler.scale(losses[-1] * share).backward()
+        finally:
+            self.D.requires_grad_(True)
+        return losses
+
+    def backward_D(self, d_loss, share):
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(d_loss * share).backward()
+        self.scaler.step(self.opt_d)
+
+    def generator_losses(self, G, D, lab):
+        L, ab = lab[:, :1], lab[:, 1:]
+        fake_ab = G(L)
+        fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+        fake_scores = D(fake)
+        g_adv = bce(fake_scores, 1.0)
+        g_l1 = (ab - fake_ab.float()).abs().mean()
+        g_loss = (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * g_l1
+        return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
+
+    def discriminator_losses(self, D, lab, fake, fake_scores=None):
+        """With `fake_scores` (eval mode, where D is a fixed function) D's score of the fake batch
+        is the one the generator's loss used; in training mode D runs again, as in the reference
+        (batch-norm statistics and the spectral-norm power iteration advance once per pass)."""
+        with self.compute.autocast:
+            real_logits = D(lab)
+            fake_logits = D(fake) if fake_scores is None else fake_scores
+            d_loss = bce(real_logits, self.args.smoothing) + bce(fake_logits, 0.0)
+        return real_logits, fake_logits, d_loss
+
+    def check_finite(self, g_loss, d_loss, buffers=None):
+        """On every device and in every precision; under torchrun the processes sum their losses,
+        so that a NaN on one stops or skips on all."""
+        losses = self.procs.sum_(torch.stack([g_loss.detach().float(), d_loss.detach().float()]))
+        if bool(torch.isfinite(losses).all()):
+            return
+        g_value, d_value = losses.tolist()
+        self.opt_g.zero_grad(set_to_none=True), self.opt_d.zero_grad(set_to_none=True)
+        if buffers is not None:
+            self._restore_buffers(buffers)
+        name, value = ('generator', g_value) if not torch.isfinite(losses[0]) else ('discriminator', d_value)
+        raise NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)'
+                                                             if self.procs.distributed else ''))
+
+    def _buffers_snapshot(self):
+        return [b.clone() for model in (self.G, self.D) for b in model.buffers()]
+
+    @torch.no_grad()
+    def _restore_buffers(self, snapshot):
+        for b, saved in zip((b for model in (self.G, self.D) for b in model.buffers()), snapshot):
+            b.copy_(saved)
+
+    @staticmethod
+    def _sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits):
+        """Sums over the batch; a patch discriminator's accuracy is each image's share of patches right."""
+        n = lab.shape[0]
+
+        def right(logits, real):
+            hits = (logits.detach().reshape(n, -1) > 0) if real else (logits.detach().reshape(n, -1) <= 0)
+            return hits.float().mean(dim=1).sum()
+        return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
+                            right(real_logits, True), right(fake_logits, False),
+                            torch.tensor(float(n), device=lab.device)])
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, G, lab):
+        """The step's losses for generator `G` (in eval mode, as the caller set it) against the
+        discriminator in eval mode, without updates: (STAT_NAMES sums, predicted ab)."""
+        self.D.eval()
+        try:
+            with self.compute.autocast:
+                fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.generator_losses(G, self.D, lab)
+            real_logits, fake_logits, d_loss = self.discriminator_losses(self.D, lab, fake, fake_scores.detach())
+        finally:
+            self.D.train()
+        return self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits), fake_ab
+
+    def eval_generator(self, train_set):
+        """The generator to validate and save: the averaged weights (or the trained ones), with
+        exact batch-norm statistics over a fixed sample of training images (dropout off, as at
+        test time); a copy for the first process alone."""
+        G_eval = distributed.unsynchronized(copy.deepcopy(self.G_ema if self.G_ema is not None else self.G))
+        return recalibrate_generator(G_eval, train_set, self.args.seed, self.compute.device, self.compute.autocast,
+                                     self.memory_format)
+
+    # ------------------------------------------------------------ what a checkpoint holds
+
+    def generator_with_running_statistics(self):
+        """What a mid-epoch checkpoint stores as the generator: the averaged weights with the
+        running batch-norm statistics of training (exact ones cost a pass over training images,
+        which a save or a Ctrl-C need not wait for; loading for use recomputes them)."""
+        if self.G_ema is None:
+            return self.G.state_dict()
+        state = self.G_ema.state_dict()
+        state.update((name, buffer) for name, buffer in self.G.named_buffers())
+        return state
+
+    def state_dict(self):
+        return {'generator_train': self.G.state_dict(), 'discriminator': self.D.state_dict(),
+                'opt_gen': self.opt_g.state_dict(), 'opt_disc': self.opt_d.state_dict(),
+                'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+
+    def load_state_dict(self, ckpt):
+        self.G.load_state_dict(ckpt['generator_train'])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(ckpt['generator'])
+        self.D.load_state_dict(ckpt['discriminator'])
+        self.opt_g.load_state_dict(ckpt['opt_gen'])
+        self.opt_d.load_state_dict(ckpt['opt_disc'])
+        if ckpt.get('scaler'):
+            self.scaler.load_state_dict(ckpt['scaler'])
+
+    def learning_rates(self):
+        return {'lr_gen': self.opt_g.param_groups[0]['lr'], 'lr_disc': self.opt_d.param_groups[0]['lr']}

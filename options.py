@@ -1,0 +1,94 @@
+"""The flags of a training run (train.py's command line): names, defaults, ranges and checks."""
+from checkpoints import STEP_CHECKPOINTS_KEPT
+from cli import OneLineArgumentParser, add_compute_flags, number_in
+from dataset import DATASETS
+from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
+
+DESCRIPTION = "Train the colorization GAN of Nazeri et al. (2018) on CIFAR-10 or on a folder of photographs."
+# The two recipes the reference published, as flags.
+RECIPES = {
+    'batch': ['--max_epoch', '200', '--smoothing', '0.9', '--l1_weight', '0.99', '--base_lr_gen', '3e-4',
+              '--base_lr_disc', '6e-5', '--lr_decay_steps', '6e4', '--disc_norm', 'batch', '--apply_weight_init', '1'],
+    'spectral': ['--max_epoch', '100', '--smoothing', '1.0', '--l1_weight', '0.985', '--base_lr_gen', '2e-4',
+                 '--base_lr_disc', '2e-4', '--lr_decay_steps', '4e4', '--disc_norm', 'spectral',
+                 '--apply_weight_init', '0'],
+}
+
+
+def training_parser():
+    p = OneLineArgumentParser(prog='train.py', description=DESCRIPTION)
+    positive = number_in(float, 0, None, low_open=True)
+    p.add_argument('--dataset', choices=DATASETS, default='cifar10',
+                   help='cifar10, or folder: any folder of photographs (--data_path holding train/ and val/, or '
+                        "Places365's layouts) (default: cifar10)")
+    p.add_argument('--data_path', default='./data', help='where the data set is; CIFAR-10 is downloaded there if '
+                                                         'missing (default: ./data)')
+    p.add_argument('--image_size', type=int, choices=IMAGE_SIZES, default=None,
+                   help="the images' side in pixels, which picks the networks: 32, the reference's; 64, 128 or 256, "
+                        "Nazeri et al.'s U-Net and 70x70 PatchGAN (default: 32 for cifar10, 256 for folder)")
+    p.add_argument('--save_path', default='./checkpoints', help='checkpoints, args.json and log.csv (default: ./checkpoints)')
+    p.add_argument('--samples_path', default='samples/', help='per-epoch sample grids (default: samples/)')
+    p.add_argument('--save_freq', type=number_in(int, 1), default=5, help='checkpoint every N epochs, and after the last (default: 5)')
+    p.add_argument('--batch_size', type=number_in(int, 1), default=32, help='(default: 32)')
+    p.add_argument('--num_workers', type=number_in(int, 0), default=4,
+                   help='processes decoding a folder data set (CIFAR-10 lives in memory and needs none) (default: 4)')
+    p.add_argument('--start_epoch', type=number_in(int, 0), default=0,
+                   help='>0: resume from checkpoint_ep{start_epoch-1}.pt in --save_path (default: 0)')
+    p.add_argument('--max_epoch', type=number_in(int, 1), default=200, help='(default: 200)')
+    p.add_argument('--smoothing', type=number_in(float, 0, 1, low_open=True), default=0.9,
+                   help='real label for the discriminator, in (0, 1]; 1 means no smoothing (default: 0.9)')
+    p.add_argument('--l1_weight', type=number_in(float, 0, 1), default=0.99,
+                   help='weight of L1 in the generator loss, in [0, 1] (default: 0.99)')
+    p.add_argument('--base_lr_gen', type=positive, default=3e-4, help='(default: 3e-4)')
+    p.add_argument('--base_lr_disc', type=positive, default=6e-5, help='(default: 6e-5)')
+    p.add_argument('--lr_decay_rate', type=positive, default=0.1, help='(default: 0.1)')
+    p.add_argument('--lr_decay_steps', type=positive, default=6e4, help='(default: 6e4)')
+    p.add_argument('--gen_norm', choices=GENERATOR_NORMS, default='batch', help='(default: batch)')
+    p.add_argument('--disc_norm', choices=DISCRIMINATOR_NORMS, default='batch', help='(default: batch)')
+    p.add_argument('--gen_dropout', type=number_in(float, 0, 1, high_open=True), default=0.5,
+                   help="dropout probability after the generator's first two decoder blocks, in [0, 1); 0 turns it "
+                        "off, so that runs compare step for step (default: 0.5, the reference's)")
+    p.add_argument('--apply_weight_init', type=int, choices=(0, 1), default=0,
+                   help='1: N(0, 0.02) conv weights, N(1, 0.02) batch-norm weights (default: 0)')
+    p.add_argument('--max_steps', type=number_in(int, 1), default=None,
+                   help='stop after N optimizer steps, then validate, draw and checkpoint as at an epoch end')
+    p.add_argument('--val_batches', type=number_in(int, 1), default=None,
+                   help='validate on the first K test batches only (default: all)')
+    add_compute_flags(p)
+    p.add_argument('--ema_decay', type=number_in(float, 0, 1, high_open=True), default=0.999,
+                   help="the generator that is validated and saved averages the trained weights with this decay, "
+                        "warmed up over the first steps; 0: use the trained weights as they are (default: 0.999)")
+    p.add_argument('--resume', metavar='PATH|latest',
+                   help='resume from this checkpoint, or from the newest one in --save_path')
+    p.add_argument('--save_steps', type=number_in(int, 1), default=None,
+                   help=f'also checkpoint every N steps, keeping the newest {STEP_CHECKPOINTS_KEPT} '
+                        f'(default: off)')
+    p.add_argument('--log_steps', type=number_in(int, 1), default=50,
+                   help="append the training losses averaged over every N steps to --save_path/steps.csv, "
+                        "for plot.py's step axis (default: 50)")
+    p.add_argument('--tensorboard', choices=('on', 'off'), default='on',
+                   help='write TensorBoard event files into --save_path/tensorboard: the losses every --log_steps '
+                        'steps, the validation scores and sample grid every epoch (default: on)')
+    p.add_argument('--nan_policy', choices=('stop', 'skip'), default='stop',
+                   help='on a NaN or infinite loss: stop (keeping the last good checkpoint) or skip the step, '
+                        'leaving networks, optimizers and scaler as they were (default: stop)')
+    p.add_argument('--channels_last', choices=('auto', 'on', 'off'), default='auto',
+                   help='channels-last memory format; auto: on for CPUs, where it measurably helps (default: auto)')
+    p.add_argument('--autotune', choices=('on', 'off'), default='on',
+                   help='on a CPU, time both forms of the layers that can run as matrix products at start-up and '
+                        'keep the faster of each (a few seconds; a resumed run reuses its checkpoint\'s choice on the '
+                        'same machine); off: the fixed default forms, for runs that must match bit for bit (default: on)')
+    p.add_argument('--seed', type=int, default=0, help='seeds weights, data order, flips and dropout (default: 0)')
+    return p
+
+
+def parse_training_args(argv=None):
+    p = training_parser()
+    args = p.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = 32 if args.dataset == 'cifar10' else 256
+    if args.dataset == 'cifar10' and args.image_size != 32:
+        p.error(f"--image_size {args.image_size}: CIFAR-10's images are 32x32; use --dataset folder for larger ones")
+    if args.max_epoch <= args.start_epoch:
+        p.error(f"--max_epoch {args.max_epoch} must be greater than --start_epoch {args.start_epoch}")
+    return args

@@ -1,0 +1,148 @@
+"""The GAN under training (gan.ColorizationGAN): its step, its losses, its schedule."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import gan as gan_module
+from cli import Compute
+from conftest import lab_batch
+from gan import ColorizationGAN, NonFiniteLoss, learning_rate, summarize
+from options import parse_training_args
+
+
+def fixed_batch(n=16):
+    return lab_batch(n, seed=5)
+
+
+def contiguous_gan(*flags):
+    """A GAN of these flags on the CPU in fp32, its networks in the contiguous memory format
+    (seeded by --seed, 0 by default, as train.py builds it)."""
+    return ColorizationGAN(parse_training_args(['--channels_last', 'off', *flags]))
+
+
+@pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])
+def test_a_few_steps_on_a_fixed_batch_lower_the_l1_loss(disc_norm):
+    gan = contiguous_gan('--disc_norm', disc_norm)
+    lab = fixed_batch(8)
+    l1 = [gan.step(lab, step)[1].item() / len(lab) for step in range(1, 11)]
+    assert sum(l1[-3:]) < 0.6 * sum(l1[:3])
+
+
+def test_the_generator_step_computes_no_gradients_for_the_discriminator():
+    gan = contiguous_gan()
+    grads_computed = []
+    for p in gan.D.parameters():
+        p.register_hook(lambda g: grads_computed.append(1))
+    gan.step(fixed_batch(4), 1)
+    # one gradient per D parameter: the discriminator's own step, none from the generator's
+    assert len(grads_computed) == len(list(gan.D.parameters()))
+    assert all(p.requires_grad for p in gan.D.parameters())
+
+
+def test_loss_values_follow_the_spec():
+    gan = contiguous_gan('--smoothing', '0.8', '--l1_weight', '0.9')
+    G, D = gan.G.eval(), gan.D
+    lab = fixed_batch(8)
+    stats, predicted_ab = gan.evaluate(G, lab)
+    m = summarize(stats)
+    D.eval()
+    with torch.no_grad():
+        fake_ab = G(lab[:, :1])
+        fake = torch.cat([lab[:, :1], fake_ab], 1)
+        p_fake, p_real = torch.sigmoid(D(fake)), torch.sigmoid(D(lab))
+        g_adv = -torch.log(p_fake).mean()
+        l1 = (fake_ab - lab[:, 1:]).abs().mean()
+        d_loss = -(0.8 * torch.log(p_real) + 0.2 * torch.log(1 - p_real)).mean() - torch.log(1 - p_fake).mean()
+    assert torch.allclose(predicted_ab, fake_ab)
+    assert m['g_adv'] == pytest.approx(g_adv.item(), rel=1e-4)
+    assert m['g_l1'] == pytest.approx(l1.item(), rel=1e-4)
+    assert m['g_loss'] == pytest.approx(0.1 * g_adv.item() + 0.9 * l1.item(), rel=1e-4)
+    assert m['d_loss'] == pytest.approx(d_loss.item(), rel=1e-4)
+    assert m['d_acc_real'] == pytest.approx((p_real > 0.5).float().mean().item())
+
+
+def test_learning_rate_formula():
+    assert learning_rate(3e-4, 1, 0.1, 6e4) == pytest.approx(3e-4 * 0.1 ** (1 / 6e4))
+    assert learning_rate(3e-4, 60_000, 0.1, 6e4) == pytest.approx(3e-5)
+    assert learning_rate(3e-4, 30_000, 0.1, 6e4) == pytest.approx(3e-4 / np.sqrt(10))
+    # smooth, not staircase: every step lowers it
+    assert learning_rate(3e-4, 1001, 0.1, 6e4) < learning_rate(3e-4, 1000, 0.1, 6e4)
+    assert learning_rate(3e-4, 10**7, 0.1, 6e4) == 1e-6
+
+
+def everything(g):
+    """Every tensor a step may change: weights, buffers, optimizer states, the averaged generator, the scaler."""
+    state = {f'G.{k}': v.clone() for k, v in g.G.state_dict().items()}
+    state.update({f'D.{k}': v.clone() for k, v in g.D.state_dict().items()})
+    state.update({f'EMA.{k}': v.clone() for k, v in g.G_ema.state_dict().items()})
+    for name, opt in (('opt_g', g.opt_g), ('opt_d', g.opt_d)):
+        for i, s in opt.state_dict()['state'].items():
+            state.update({f'{name}.{i}.{k}': v.clone() for k, v in s.items()})
+    state['scaler'] = copy.deepcopy(g.scaler.state_dict())
+    return state
+
+
+def assert_unchanged(before, after):
+    assert before.keys() == after.keys()
+    for key in before:
+        if key == 'scaler':
+            assert before[key] == after[key]
+        else:
+            assert torch.equal(before[key], after[key]), key
+
+
+class FakeGPUTensor(torch.Tensor):
+    """A CPU tensor that says it lives on a GPU: the NaN check must not depend on where a loss is."""
+
+    @property
+    def device(self):
+        return torch.device('cuda', 0)
+
+
+@pytest.mark.parametrize('poisoned', ['generator', 'discriminator'])
+@pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])
+def test_a_skipped_step_leaves_networks_optimizers_scaler_and_average_as_they_were(poisoned, disc_norm, monkeypatch):
+    g = ColorizationGAN(parse_training_args(['--nan_policy', 'skip', '--disc_norm', disc_norm, '--channels_last', 'off']))
+    lab = fixed_batch(4)
+    g.step(lab, 1)  # optimizer states exist from here on
+    before = everything(g)
+    bce = gan_module.bce
+    # A non-finite loss from the network named, found only after the generator's backward pass.
+    target = 1.0 if poisoned == 'generator' else 0.0
+    monkeypatch.setattr(gan_module, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
+    with pytest.raises(NonFiniteLoss, match=f'the {poisoned} loss is nan'):
+        g.step(lab, 2)
+    assert_unchanged(before, everything(g))
+    monkeypatch.setattr(gan_module, 'bce', bce)
+    g.step(lab, 2)  # and training goes on from there
+    assert not torch.equal(before['G.down1.model.0.weight'], g.G.state_dict()['down1.model.0.weight'])
+
+
+def test_a_non_finite_loss_is_caught_whatever_device_it_is_on():
+    g = ColorizationGAN(parse_training_args(['--channels_last', 'off']))
+    nan_on_gpu = torch.Tensor._make_subclass(FakeGPUTensor, torch.tensor(float('nan')))
+    assert nan_on_gpu.device.type == 'cuda'
+    with pytest.raises(NonFiniteLoss, match='generator loss is nan'):
+        g.check_finite(nan_on_gpu, torch.tensor(0.5))
+    g.check_finite(torch.tensor(0.5), torch.tensor(0.5))  # finite: no complaint
+
+
+def test_the_gan_runs_with_its_defaults_alone():
+    """No autocast, device or process group to pass: the defaults are a CPU in fp32, one process."""
+    g = ColorizationGAN(parse_training_args([]))
+    assert g.compute == Compute(torch.device('cpu'), 'fp32') and not g.procs.distributed
+    sums, fake_ab = g.evaluate(g.G.eval(), fixed_batch(4))
+    assert fake_ab.shape == (4, 2, 32, 32) and sums[-1].item() == 4
+    assert g.step(fixed_batch(4), 1).shape == (len(gan_module.STAT_NAMES),)
+
+
+def test_no_default_argument_is_an_object_built_at_import():
+    import inspect
+    for module in (gan_module,):
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            for _, fn in inspect.getmembers(obj, inspect.isfunction):
+                for p in inspect.signature(fn).parameters.values():
+                    assert p.default is inspect.Parameter.empty or isinstance(p.default, (int, float, str, bool, type(None), tuple)), \
+                        f'{obj.__name__}.{fn.__name__}({p.name}={p.default!r})'

@@ -1,0 +1,78 @@
+"""The GPU checks: short runs, exact resume, the NaN policy, scoring and colorizing, and torchrun
+with NCCL, on a CUDA device. Skipped (saying so) where there is none; where there is one:
+`python -m pytest -m gpu tests/test_gpu.py`."""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import colorize
+import train
+from conftest import ROOT, command_line, run_in_process
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')]
+
+
+def train_args(data, ck, *flags):
+    return ['--data_path', data, '--save_path', ck, '--samples_path', os.path.join(ck, 'samples'),
+            '--batch_size', '8', '--device', 'cuda', '--val_batches', '1', '--tensorboard', 'off', *flags]
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16'])
+def test_a_short_run_trains_on_the_gpu(precision, tiny_cifar, tmp_path):
+    if precision == 'bf16' and not torch.cuda.is_bf16_supported():
+        pytest.skip('this GPU has no bf16')
+    ck = str(tmp_path / 'ck')
+    r = run_in_process(train.main, train_args(tiny_cifar, ck, '--precision', precision, '--max_steps', '6'))
+    assert r.returncode == 0, r.stderr
+    assert 'device cuda' in r.stdout and f'precision {precision}' in r.stdout
+    ckpt = torch.load(os.path.join(ck, 'checkpoint_ep0.pt'), weights_only=True)
+    assert ckpt['step'] == 6 and all(torch.isfinite(t).all() for t in ckpt['generator'].values() if t.is_floating_point())
+
+
+def test_resuming_on_the_gpu_is_exact(tiny_cifar, tmp_path):
+    straight, split = str(tmp_path / 'a'), str(tmp_path / 'b')
+    fixed = ['--precision', 'fp32', '--max_epoch', '1', '--batch_size', '16']
+    assert run_in_process(train.main, train_args(tiny_cifar, straight, *fixed)).returncode == 0
+    assert run_in_process(train.main, train_args(tiny_cifar, split, *fixed, '--max_steps', '2')).returncode == 0
+    assert run_in_process(train.main, train_args(tiny_cifar, split, *fixed, '--resume', 'latest')).returncode == 0
+    a, b = (torch.load(os.path.join(p, 'checkpoint_ep0.pt'), weights_only=True) for p in (straight, split))
+    # cuDNN may pick other algorithms between processes: equal to rounding, as the step-for-step note says
+    for name, t in a['generator_train'].items():
+        assert torch.allclose(t.float(), b['generator_train'][name].float(), atol=1e-4), name
+
+
+def test_the_nan_policy_works_on_the_gpu(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    r = run_in_process(train.main, train_args(tiny_cifar, ck, '--precision', 'fp32', '--max_steps', '3',
+                                              '--base_lr_gen', '1e30', '--base_lr_disc', '1e30'))
+    assert r.returncode == 2 and 'loss is' in r.stderr
+
+
+def test_scoring_and_colorizing_on_the_gpu(tiny_cifar, tmp_path):
+    ck, out, photos = str(tmp_path / 'ck'), str(tmp_path / 'out'), tmp_path / 'photos'
+    assert run_in_process(train.main, train_args(tiny_cifar, ck, '--max_steps', '2')).returncode == 0
+    test_cli = command_line('test')
+    r = run_in_process(test_cli.main, ['--checkpoints', os.path.join(ck, 'checkpoint_ep0.pt'), '--data_path', tiny_cifar,
+                                       '--save_path', out, '--device', 'cuda', '--num_grids', '1'])
+    assert r.returncode == 0, r.stderr
+    photos.mkdir()
+    cv2.imwrite(str(photos / 'a.png'), np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    r = run_in_process(colorize.main, ['--checkpoint', os.path.join(ck, 'generator_ep0.safetensors'), str(photos),
+                                       '--output', str(tmp_path / 'col'), '--device', 'cuda'])
+    assert r.returncode == 0, r.stderr
+    assert cv2.imread(str(tmp_path / 'col' / 'a.png')).shape == (50, 70, 3)
+
+
+def test_torchrun_with_nccl_trains_one_process(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1',
+           os.path.join(ROOT, 'train.py'), *train_args(tiny_cifar, ck, '--max_steps', '2')]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.path.isfile(os.path.join(ck, 'checkpoint_ep0.pt'))

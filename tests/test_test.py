@@ -1,0 +1,159 @@
+"""test.py: scoring generators on the test set, its results page, and the published generators it
+scores by default. The script is loaded by conftest.command_line, under a name of its own."""
+import importlib
+import json
+import os
+import re
+import sys
+import sysconfig
+
+import cv2
+import pytest
+import torch
+
+import published
+from conftest import ROOT, command_line, run_in_process
+from dataset import CLASS_NAMES, load_split
+from models import Generator
+
+test_cli = command_line('test')
+
+
+def run(*args):
+    """test.py with these flags, in this process (conftest.run_in_process)."""
+    return run_in_process(test_cli.main, args)
+
+
+def test_the_projects_test_py_never_takes_the_place_of_the_standard_librarys_test_package():
+    """Every test module is imported (collected) before any test runs: none of them, nor anything
+    they imported, may have loaded the project's test.py as `test`, the standard library's package."""
+    project = os.path.realpath(os.path.join(ROOT, 'test.py'))
+    loaded = sys.modules.get('test')
+    assert loaded is None or os.path.realpath(getattr(loaded, '__file__', None) or '') != project
+    assert os.path.realpath(test_cli.__file__) == project and test_cli.__name__ != 'test'
+    # Nor may a test import it by that name later, inside a test function.
+    plain_import = re.compile(r'^\s*(import\s+test\b(?!\.)|from\s+test\s+import\b)|import_module\([\'"]test[\'"]\)',
+                              re.MULTILINE)
+    tests = os.path.join(ROOT, 'tests')
+    for name in sorted(os.listdir(tests)):
+        if name.endswith('.py'):
+            with open(os.path.join(tests, name), encoding='utf-8') as f:
+                assert not plain_import.search(f.read()), f"tests/{name} imports the project's test.py as `test`"
+    stdlib = os.path.join(sysconfig.get_paths()['stdlib'], 'test')
+    if not os.path.isfile(os.path.join(stdlib, '__init__.py')):
+        pytest.skip("this Python was installed without the standard library's test package")
+    support = importlib.import_module('test.support')  # the standard library's, not shadowed
+    assert os.path.realpath(support.__file__).startswith(os.path.realpath(stdlib) + os.sep)
+    assert not _is_project_file(sys.modules['test'])
+
+
+def _is_project_file(module):
+    return os.path.realpath(getattr(module, '__file__', None) or '') == os.path.realpath(os.path.join(ROOT, 'test.py'))
+
+
+def test_test_py_writes_a_results_page_that_matches_its_metrics(tiny_cifar, tmp_path):
+    torch.manual_seed(0)
+    ckpt, out = str(tmp_path / 'g.pt'), str(tmp_path / 'out')
+    torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
+    r = run('--data_path', tiny_cifar, '--checkpoints', ckpt, ckpt, '--labels', 'a<b>&c', 'second',
+            '--save_path', out, '--batch_size', '10', '--num_grids', '2', '--precision', 'fp32')
+    assert r.returncode == 0, r.stderr
+    assert 'index.html' in r.stdout
+    page = open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    assert 'a&lt;b&gt;&amp;c' in page and 'a<b>' not in page and 'second' in page and test_cli.BASELINE in page
+    grids = sorted(f for f in os.listdir(out) if f.startswith('grid_') and f.endswith('.png'))
+    assert grids == ['grid_000.png', 'grid_001.png']
+    assert all(f'src="{g}"' in page for g in grids) and 'image-rendering: pixelated' in page
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    for m in [metrics['baseline']] + [metrics['checkpoints'][label] for label in ('a<b>&c', 'second')]:
+        for figure in (f"{m['mean_ab_error']:.4f}", f"{m['mae']:.3f}", f"{m['psnr']:.3f}",
+                       f"{100 * m['nazeri_accuracy']:.1f}%", f"{m['colorfulness']:.2f}"):
+            assert f'<td>{figure}</td>' in page
+    assert f"<td>{metrics['truth_colorfulness']:.2f}</td>" in page
+    assert f"{metrics['images']} CIFAR-10 test images; precision fp32" in page
+    assert metrics['dataset'] == 'cifar10' and metrics['image_size'] == 32
+    assert set(metrics['provenance']) >= {'code', 'versions'}
+
+
+def test_test_py_scores_each_class_and_the_classes_add_up_to_the_whole(tiny_cifar, tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    ckpt, out = str(tmp_path / 'g.pt'), str(tmp_path / 'out')
+    torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
+    opened = []
+    monkeypatch.setattr(test_cli.webbrowser, 'open', lambda uri: opened.append(uri) or True)
+    monkeypatch.setenv('DISPLAY', ':0')
+    r = run('--data_path', tiny_cifar, '--checkpoints', ckpt, '--save_path', out, '--batch_size', '10',
+            '--num_grids', '0', '--precision', 'fp32', '--per_class', '--show')
+    assert r.returncode == 0, r.stderr
+    assert opened == ['file://' + os.path.abspath(os.path.join(out, 'index.html'))]
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    classes = metrics['per_class']['g.pt']
+    labels = [int(l) for l in load_split(tiny_cifar, train=False).labels]  # the test images' classes
+    assert {name: m['images'] for name, m in classes.items()} == \
+           {CLASS_NAMES[c]: labels.count(c) for c in set(labels)}
+    for key in ('mean_ab_error', 'mae', 'colorfulness'):  # every pixel counts once: image-weighted means
+        whole = sum(m[key] * m['images'] for m in classes.values()) / metrics['images']
+        assert whole == pytest.approx(metrics['checkpoints']['g.pt'][key], rel=1e-6)  # fp32 sums per batch
+    assert all(f'{name:12s}' in r.stdout for name in classes)  # the printed per-class rows
+    assert '<h2>Per class</h2>' in open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    monkeypatch.delenv('DISPLAY')
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    test_cli.show_page(os.path.join(out, 'index.html'))
+    assert 'no display; open file://' in capsys.readouterr().out and len(opened) == 1
+
+
+def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
+    paths, generators = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        generators.append(Generator('batch').eval())
+        paths.append(str(tmp_path / f'g{seed}.pt'))
+        torch.save(generators[-1].state_dict(), paths[-1])
+    out = str(tmp_path / 'out')
+    r = run('--data_path', tiny_cifar, '--checkpoints', *paths, '--labels', 'bn', 'sn', '--save_path', out,
+            '--batch_size', '10', '--num_grids', '0', '--precision', 'fp32', '--pick', '3')
+    assert r.returncode == 0, r.stderr
+    picks = json.load(open(os.path.join(out, 'metrics.json')))['picks']
+    # The rule, computed another way: the whole test set in one batch, per-image errors sorted by hand.
+    test_set = load_split(tiny_cifar, train=False)
+    _, lab = next(test_set.batches(len(test_set)))
+    with torch.no_grad():
+        err = [(G(lab[:, :1]) - lab[:, 1:]).abs().mean(dim=(1, 2, 3)).tolist() for G in generators]
+    order = lambda key: sorted(range(len(key)), key=lambda i: -key[i])[:3]  # noqa: E731
+    assert picks['bn better']['test_images'] == order([b - a for a, b in zip(*err)])
+    assert picks['sn better']['test_images'] == order([a - b for a, b in zip(*err)])
+    assert picks['both struggle']['test_images'] == order([min(a, b) for a, b in zip(*err)])
+    page = open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    assert '<h2>Picked by rule</h2>' in page and 'min(error(A), error(B))' in page
+    for pick in picks.values():
+        picture = cv2.imread(os.path.join(out, pick['picture']))
+        assert picture is not None and f'src="{pick["picture"]}"' in page
+    heights = {cv2.imread(os.path.join(out, p['picture'])).shape for p in picks.values()}
+    assert len(heights) == 1  # three grids of 3 rows and 4 columns alike
+    r = run('--data_path', tiny_cifar, '--checkpoints', paths[0], '--pick', '3')
+    assert r.returncode == 2 and '--pick compares two checkpoints' in r.stderr
+
+
+def test_the_published_generators_are_fetched_once_and_scored_side_by_side(weights_server, tiny_cifar, tmp_path,
+                                                                          monkeypatch):
+    served = (('batch-norm recipe', f'{weights_server}/bn.pt'), ('spectral-norm recipe', f'{weights_server}/sn.pt'))
+    monkeypatch.setattr(published, 'PUBLISHED_GENERATORS', served)
+    cache, out = tmp_path / 'cache', tmp_path / 'out'
+    argv = ['--data_path', tiny_cifar, '--weights_cache', str(cache), '--save_path', str(out), '--num_grids', '0',
+            '--precision', 'fp32']
+    r = run(*argv)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(cache)) == ['bn.pt', 'sn.pt']
+    assert set(json.load(open(out / 'metrics.json'))['checkpoints']) == {'batch-norm recipe', 'spectral-norm recipe'}
+    # once fetched, they come from the cache: a dead server does not matter
+    monkeypatch.setattr(published, 'PUBLISHED_GENERATORS', tuple((label, 'http://127.0.0.1:9/' + url.rsplit('/', 1)[1])
+                                                                  for label, url in served))
+    assert run(*argv).returncode == 0
+
+
+def test_offline_test_py_ends_at_once_with_one_line(tiny_cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(published, 'PUBLISHED_GENERATORS',
+                        (('a', 'http://127.0.0.1:9/a.pt'), ('b', 'http://127.0.0.1:9/b.pt')))
+    r = run('--data_path', tiny_cifar, '--weights_cache', str(tmp_path / 'cache'))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert 'could not fetch the reference' in r.stderr and os.listdir(tmp_path / 'cache') == []
