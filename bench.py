@@ -5,8 +5,9 @@ For the default recipe and the spectral recipe, at batch 32 and 128: training im
 of train.py's whole step (learning rates, both networks, the averaged generator, fed by its data
 path; after warm-up, the median of several timed windows), generator inference images per second,
 model FLOPs per training image (torch.utils.flop_counter), and MFU against the machine's measured
-matrix-multiply peak at the same precision. --baseline adds the reference's step as the
-reference takes it, timed in the same process, and the ratio of the two.
+matrix-multiply peak at the same precision, and (torch.profiler over a few steps) the share of the
+step spent outside matrix products and convolutions ('other') and in copies ('copy_'). --baseline
+adds the reference's step as the reference takes it, timed in the same process, and the ratio.
 
 With --dataset folder (--data_path holding train/ and val/ folders of photographs, as train.py
 reads them) and --image_size 32|64|128|256: the same figures for the step at that image size (its
@@ -249,6 +250,26 @@ def flops_per_training_image(flags, device):
     return counter.get_total_flops() / 8
 
 
+# The profiler's names of the work a training step is for: matrix products and convolutions
+# (forward and backward). Everything else (copies, casts, norms, activations, the optimizer) is
+# the step's overhead, whose share bench.py prints so that a regression shows at once.
+PRODUCT_OPS = frozenset({'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::mkldnn_convolution',
+                         'aten::convolution_backward', 'aten::cudnn_convolution', 'aten::mkldnn_rnn_layer'})
+
+
+def step_profile(run_once, steps=4):
+    """{'outside_products': share of the step's self CPU time outside matrix products and
+    convolutions, 'copies': share in aten::copy_} over `steps` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run_once()
+    times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(times.values()) or 1.0
+    return {'outside_products': 1 - sum(t for k, t in times.items() if k in PRODUCT_OPS) / total,
+            'copies': times.get('aten::copy_', 0.0) / total}
+
+
 def matmul_peak(device, precision, n=4096, calls=5):
     """The best rate of `calls` single n x n products after one warm-up: a peak, not a typical rate."""
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision, torch.float32)
@@ -314,13 +335,15 @@ def synthetic_images(n, seed=0):
 
 
 def print_rows(rows, baseline):
-    header = f"{'recipe':9s} {'batch':>5s} {'train img/s':>11s} {'infer img/s':>11s} {'GFLOP/img':>9s} {'MFU':>6s}"
+    header = (f"{'recipe':9s} {'batch':>5s} {'train img/s':>11s} {'infer img/s':>11s} {'GFLOP/img':>9s} {'MFU':>6s} "
+              f"{'other':>6s} {'copy_':>6s}")
     if baseline:
         header += f" {'reference img/s':>15s} {'ratio':>6s}"
     print(header)
     for r in rows:
         line = (f"{r['recipe']:9s} {r['batch_size']:5d} {r['train_images_per_s']:11.1f} "
-                f"{r['inference_images_per_s']:11.0f} {r['flops_per_train_image'] / 1e9:9.2f} {100 * r['mfu']:5.1f}%")
+                f"{r['inference_images_per_s']:11.0f} {r['flops_per_train_image'] / 1e9:9.2f} {100 * r['mfu']:5.1f}% "
+                f"{100 * r['outside_products']:5.1f}% {100 * r['copies']:5.1f}%")
         if baseline:
             line += f" {r['reference_images_per_s']:15.1f} {r['ratio']:5.2f}x"
         print(line)
@@ -372,7 +395,7 @@ def main(argv=None):
                 infer_rate = timed_rates({'infer': infer}, batch_size, device, args.windows, args.seconds / 3)['infer']
                 row = {'recipe': name, 'batch_size': batch_size, 'train_images_per_s': train_rate,
                        'inference_images_per_s': infer_rate, 'flops_per_train_image': flops,
-                       'mfu': train_rate * flops / peak, 'layer_forms': forms_line}
+                       'mfu': train_rate * flops / peak, 'layer_forms': forms_line, **step_profile(train_once)}
                 if args.baseline:
                     row['reference_images_per_s'] = rates['reference']
                     row['ratio'] = train_rate / rates['reference']
@@ -419,7 +442,7 @@ def bench_folder(args, compute, channels_last, results):
             infer_rate = timed_rates({'infer': infer}, batch_size, device, args.windows, args.seconds / 3)['infer']
             rows.append({'recipe': name, 'batch_size': batch_size, 'train_images_per_s': train_rate,
                          'inference_images_per_s': infer_rate, 'flops_per_train_image': flops,
-                         'mfu': train_rate * flops / peak, 'layer_forms': forms_line})
+                         'mfu': train_rate * flops / peak, 'layer_forms': forms_line, **step_profile(train_once)})
             print(f"  {name} batch {batch_size}: {train_rate:.1f} img/s training, {infer_rate:.0f} inference",
                   file=sys.stderr)
     del pools

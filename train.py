@@ -203,15 +203,8 @@ def train_epoch(run, epoch, start_batch, stop):
             sums += step_sums
             since_logged += step_sums
         except NonFiniteLoss as e:
-            if args.nan_policy == 'stop':
-                if not procs.is_main:
-                    return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=2)  # the first process says why
-                raise UserError(f"{e} at step {run.step} (epoch {epoch}); training stopped, the last good "
-                                f"checkpoint in {args.save_path} is kept: lower the learning rates or "
-                                f"resume from it with --nan_policy skip")
-            run.skipped += 1
-            if procs.is_main:
-                tqdm.write(f"step {run.step}: {e}; step skipped ({run.skipped} so far)")
+            if not skip_step(run, e, epoch):
+                return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=2)  # the first process says why
         batches_done += 1
         if run.step % args.log_steps == 0:
             log_steps(run, epoch, procs.sum_(since_logged))
@@ -236,6 +229,19 @@ def train_epoch(run, epoch, start_batch, stop):
     run.spent['training steps'] += seconds - (run.spent['checkpoints'] - saving_before)
     report_skipped_files(run.train_set, 'training')
     return EpochOutcome(procs.sum_(sums), batches_done, n_batches, seconds)
+
+
+def skip_step(run, error, epoch):
+    """--nan_policy: skip the step (True), or stop: one line from the first process, False on the others."""
+    if run.args.nan_policy == 'skip':
+        run.skipped += 1
+        if run.procs.is_main:
+            tqdm.write(f"step {run.step}: {error}; step skipped ({run.skipped} so far)")
+        return True
+    if not run.procs.is_main:
+        return False
+    raise UserError(f"{error} at step {run.step} (epoch {epoch}); training stopped, the last good checkpoint in "
+                    f"{run.args.save_path} is kept: lower the learning rates or resume from it with --nan_policy skip")
 
 
 def report_skipped_files(images, split):

@@ -136,6 +136,25 @@ def tiny_cifar(tmp_path):
     return str(tmp_path / 'data')
 
 
+def make_tiny_folder(root, size=64, train_images=24, val_images=8):
+    """A folder data set: smooth photographs of `size` pixels (a little wider than tall, so
+    that resizing and cropping matter) in two class folders under train/ and val/."""
+    import cv2
+    for split, n, seed in (('train', train_images, 1), ('val', val_images, 2)):
+        for i, rgb in enumerate(smooth_images(n, seed)):
+            folder = os.path.join(root, split, 'ab'[i % 2])
+            os.makedirs(folder, exist_ok=True)
+            picture = cv2.resize(rgb, (size + size // 4, size), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(os.path.join(folder, f'{i:03d}.png'), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    """A folder data set of 24 training and 8 validation photographs, 80x64, in two classes."""
+    return make_tiny_folder(str(tmp_path / 'photos'))
+
+
 def run_in_process(main, argv):
     """Run a command line's `main(argv)` in this process as its script would (a UserError becomes
     one line on stderr and exit code 2; argparse exits with its own code) and return a

@@ -186,3 +186,46 @@ def test_a_failed_write_is_reported_and_the_others_are_still_written(checkpoints
     assert os.listdir(out) == ['gray.bmp']
     assert f"skipped {os.path.join(inputs, 'colour.png')}: could not write its output (No space left on device)" \
         in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def model_64(tmp_path_factory):
+    """An untrained 64-pixel (Nazeri) generator as a generator file, its statistics made distinct."""
+    import checkpoints as checkpoint_files
+    from models import build_generator
+    torch.manual_seed(1)
+    G = build_generator(64, 'batch', 0.5)
+    with torch.no_grad():
+        for name, buffer in G.named_buffers():
+            if 'running_var' in name:
+                buffer.uniform_(0.5, 1.5)
+    path = str(tmp_path_factory.mktemp('model64') / 'generator_ep0.safetensors')
+    checkpoint_files.save_generator_weights(path, G.state_dict(), checkpoint_files.generator_config({'image_size': 64}))
+    return path
+
+
+@pytest.mark.parametrize('predict_at', ['model', 'photo'])
+def test_a_64_pixel_model_colorizes_pictures_of_any_size_keeping_size_and_lightness(model_64, predict_at, tmp_path):
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    for name, (w, h) in {'wide.png': (301, 97), 'tall.jpg': (50, 180), 'tiny.png': (7, 5)}.items():
+        cv2.imwrite(str(photos / name), scene(w, h, seed=w))
+    out = tmp_path / 'out'
+    assert run_cli(colorize.main, [str(photos), '--checkpoint', model_64, '--output', str(out),
+                                   '--predict_at', predict_at, '--max_side', '128', *FLAGS]) == 0
+    for name in ('wide.png', 'tall.jpg', 'tiny.png'):
+        original, colored = cv2.imread(str(photos / name)), cv2.imread(str(out / name))
+        assert colored.shape == original.shape
+        tolerance = 3 if name.endswith('.jpg') else 1  # JPEG re-quantizes what it stores
+        assert np.abs(lightness_float(colored) - lightness_float(original)).max() <= tolerance, name
+        assert chroma8(colored).mean() > 0.5  # colour was added
+
+
+def test_the_network_runs_at_the_models_size_or_the_photos_rounded_and_capped(model_64):
+    G, _, _ = load_generator(model_64, 'cpu')
+    assert colorize.network_size(G, 97, 301, 'model', 1024) == (64, 64)
+    assert colorize.network_size(G, 97, 301, 'photo', 1024) == (96, 288)  # multiples of 32
+    assert colorize.network_size(G, 970, 3010, 'photo', 1024) == (320, 1024)  # the longer side capped
+    assert colorize.network_size(G, 5, 7, 'photo', 1024) == (32, 32)
+    reference = Generator('batch')
+    assert colorize.network_size(reference, 970, 3010, 'photo', 1024) == (32, 32)  # the 32x32 networks take 32 only

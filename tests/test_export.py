@@ -88,3 +88,79 @@ def test_a_truncated_safetensors_file_is_one_line_everywhere(tmp_path, tiny_cifa
         assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and 'g.safetensors' in r.stderr and 'safetensors' in r.stderr
     assert not os.path.exists(tmp_path / 'again.safetensors')
+
+
+def yaml_header(text):
+    """The metadata header of a model card, parsed: `key: value` and `key:` followed by `- item`
+    lines (the subset model hubs read), refusing anything else."""
+    assert text.startswith('---\n')
+    header, _ = text[4:].split('\n---\n', 1)
+    data, key = {}, None
+    for line in header.splitlines():
+        if line.startswith('- '):
+            assert isinstance(data.get(key), list), line
+            data[key].append(line[2:].strip())
+        else:
+            assert ': ' in line or line.endswith(':'), line
+            key, _, value = line.partition(':')
+            data[key] = value.strip() if value.strip() else []
+    return data
+
+
+def test_a_model_folder_holds_weights_config_and_card_and_loads_as_a_checkpoint(tiny_cifar, tmp_path):
+    from conftest import run_train, train_command
+    ck = str(tmp_path / 'ck')
+    assert run_train(train_command(tiny_cifar, ck, '--max_steps', '2', '--val_batches', '1', '--seed', '4',
+                                   '--smoothing', '0.8')).returncode == 0
+    checkpoint = os.path.join(ck, 'checkpoint_ep0.pt')
+    r = run_in_process(test_cli.main, ['--checkpoints', checkpoint, '--data_path', tiny_cifar, '--num_grids', '0',
+                                       '--save_path', str(tmp_path / 'out'), '--precision', 'fp32'])
+    assert r.returncode == 0, r.stderr
+    folder = str(tmp_path / 'shared_model')
+    r = run_in_process(export.main, [checkpoint, '--folder', folder, '--metrics', str(tmp_path / 'out' / 'metrics.json')])
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(folder)) == ['README.md', 'config.json', 'model.safetensors']
+    import json
+    config = json.load(open(os.path.join(folder, 'config.json')))
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert config['architecture'] == {'gen_norm': 'batch', 'gen_dropout': 0.5, 'image_size': 32, 'network': 'reference'}
+    for flag, value in config['training'].items():
+        assert ckpt['args'][flag] == value, flag
+    assert config['training']['smoothing'] == 0.8 and config['seed'] == 4
+    assert (config['epoch'], config['step']) == (ckpt['epoch'], ckpt['step'])
+    assert len(config['provenance']['code']['commit'] or 'x' * 40) == 40
+    card = open(os.path.join(folder, 'README.md')).read()
+    header = yaml_header(card)
+    assert header['library_name'] == 'colorization-gan' and header['pipeline_tag'] == 'image-to-image'
+    assert {'image-colorization', 'gan'} <= set(header['tags']) and header['datasets'] == ['cifar10']
+    for section in ('## What it is', '## Training', '## Scores', '## Limits', '## Use'):
+        assert section in card
+    metrics = json.load(open(tmp_path / 'out' / 'metrics.json'))
+    assert f"{metrics['checkpoints']['checkpoint_ep0.pt']['mae']:.3f}" in card
+    assert 'thumbnails' in card
+    # the folder is a checkpoint for every tool
+    G, _, _ = checkpoints.load_generator(folder, 'cpu')
+    for name, t in G.state_dict().items():
+        assert torch.equal(t, ckpt['generator'][name]), name
+    r = run_in_process(test_cli.main, ['--checkpoints', folder, '--data_path', tiny_cifar, '--num_grids', '0',
+                                       '--save_path', str(tmp_path / 'out2'), '--precision', 'fp32'])
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / 'out2' / 'metrics.json'))['checkpoints']['shared_model']['mae'] == \
+        metrics['checkpoints']['checkpoint_ep0.pt']['mae']
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    cv2.imwrite(str(photos / 'a.png'), np.full((20, 30, 3), 90, np.uint8))
+    assert run_in_process(colorize.main, ['--checkpoint', folder, str(photos), '--output', str(tmp_path / 'col'),
+                                          '--precision', 'fp32']).returncode == 0
+
+
+def test_an_unscored_card_says_so_and_metrics_need_a_folder(tmp_path):
+    G = random_generator('batch', 0)
+    path = str(tmp_path / 'g.pt')
+    torch.save(G.state_dict(), path)
+    assert run_in_process(export.main, [path, '--folder', str(tmp_path / 'm')]).returncode == 0
+    assert 'Not scored' in open(tmp_path / 'm' / 'README.md').read()
+    r = run_in_process(export.main, [path, '--metrics', 'x.json'])
+    assert r.returncode == 2 and '--folder' in r.stderr
+    r = run_in_process(export.main, [path, '--folder', str(tmp_path / 'm')])
+    assert r.returncode == 2 and 'exists' in r.stderr

@@ -157,3 +157,30 @@ def test_offline_test_py_ends_at_once_with_one_line(tiny_cifar, tmp_path, monkey
     r = run('--data_path', tiny_cifar, '--weights_cache', str(tmp_path / 'cache'))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert 'could not fetch the reference' in r.stderr and os.listdir(tmp_path / 'cache') == []
+
+
+def test_test_py_scores_a_folder_per_class_at_the_models_size(tiny_folder, tmp_path):
+    import checkpoints
+    from models import build_generator
+    torch.manual_seed(0)
+    path = str(tmp_path / 'g64.safetensors')
+    checkpoints.save_generator_weights(path, build_generator(64).state_dict(), checkpoints.generator_config({'image_size': 64}))
+    out = tmp_path / 'out'
+    r = run('--dataset', 'folder', '--data_path', tiny_folder, '--checkpoints', path, '--save_path', str(out),
+            '--num_grids', '1', '--precision', 'fp32', '--num_workers', '0', '--per_class')
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(out / 'metrics.json'))
+    assert metrics['images'] == 8 and metrics['image_size'] == 64 and metrics['dataset'] == 'folder'
+    assert set(metrics['per_class']['g64.safetensors']) == {'a', 'b'}
+    assert sum(c['images'] for c in metrics['per_class']['g64.safetensors'].values()) == 8
+    assert cv2.imread(str(out / 'grid_000.png')) is not None
+    assert re.search(r'^a +\d', r.stdout, re.M) and re.search(r'^b +\d', r.stdout, re.M)
+
+
+def test_with_many_classes_the_best_and_worst_ten_are_printed():
+    per_class = {'A': {f'class{i:02d}': {'mean_ab_error': i / 100, 'colorfulness': 1.0, 'truth_colorfulness': 2.0}
+                       for i in range(30)}}
+    table = test_cli.format_class_table(per_class, ['A'])
+    shown = re.findall(r'^(class\d\d)', table, re.M)
+    assert shown == [f'class{i:02d}' for i in list(range(10)) + list(range(20, 30))]
+    assert '10 classes between' in table

@@ -373,3 +373,110 @@ def test_ctrl_c_to_the_launcher_leaves_one_whole_checkpoint_and_no_process(tiny_
     assert not [n for n in os.listdir(tmp_path / 'ck') if n.endswith('.tmp')]
     leftover = subprocess.run(['pgrep', '-f', str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+# ---------------------------------------------------------------- folders of photographs, larger networks
+
+def folder_command(data, ck, *flags):
+    return train_command(data, ck, '--dataset', 'folder', '--image_size', '64', '--num_workers', '0',
+                         '--tensorboard', 'off', *flags)
+
+
+def test_a_64_pixel_folder_run_resumes_mid_epoch_bit_for_bit(tiny_folder, tmp_path):
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    fixed = ['--max_epoch', '1', '--val_batches', '1']  # 24 images: 3 batches of 8
+    r = run_train(folder_command(tiny_folder, straight, *fixed))
+    assert r.returncode == 0, r.stderr
+    assert 'data: 24 training images and 8 test images' in r.stdout
+    assert run_train(folder_command(tiny_folder, split, *fixed, '--max_steps', '1')).returncode == 0
+    # resumed with decoding workers: the same images, crops and flips as decoded in the process
+    r = run_train(folder_command(tiny_folder, split, *fixed, '--resume', 'latest', '--num_workers', '2'))
+    assert r.returncode == 0, r.stderr
+    assert 'epoch 0, batch 1, step 1' in r.stdout
+    a, b = load(os.path.join(straight, 'checkpoint_ep0.pt')), load(os.path.join(split, 'checkpoint_ep0.pt'))
+    assert a['step'] == b['step'] == 3 and a['args']['image_size'] == 64
+    assert 'e6.model.0.weight' in a['generator_train'] and 'down4.model.0.weight' in a['discriminator']
+    assert_same_state(a, b)
+
+
+def test_a_resume_at_another_image_size_is_refused_in_one_line(tiny_folder, tmp_path):
+    ck = str(tmp_path / 'ck')
+    assert run_train(folder_command(tiny_folder, ck, '--max_steps', '1', '--val_batches', '1')).returncode == 0
+    r = run_train(folder_command(tiny_folder, ck, '--max_steps', '2', '--resume', 'latest', '--image_size', '128'))
+    assert r.returncode == 2
+    assert '--image_size 64' in r.stderr and '--image_size 128' in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_bad_and_odd_files_are_skipped_or_converted_and_named_in_one_line(tiny_folder, tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+    folder = os.path.join(tiny_folder, 'train', 'a')
+    photo = cv2.imread(os.path.join(folder, '000.png'))
+    ok, jpeg = cv2.imencode('.jpg', photo)
+    with open(os.path.join(folder, 'truncated.jpg'), 'wb') as f:
+        f.write(jpeg.tobytes()[:len(jpeg) // 2])
+    open(os.path.join(folder, 'empty.jpg'), 'wb').close()
+    with open(os.path.join(folder, 'notes.png'), 'w') as f:
+        f.write('not a picture\n')
+    gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(os.path.join(folder, 'gray.png'), cv2.merge([gray, gray, gray]))
+    Image.fromarray(photo[..., ::-1]).convert('CMYK').save(os.path.join(folder, 'cmyk.jpg'))
+    cv2.imwrite(os.path.join(folder, 'sixteen.png'), photo.astype(np.uint16) * 257)
+    ck = str(tmp_path / 'ck')
+    r = run_train(folder_command(tiny_folder, ck, '--max_epoch', '1', '--val_batches', '1', '--batch_size', '15'))
+    assert r.returncode == 0, r.stderr
+    assert 'data: 30 training images' in r.stdout  # every file listed; 2 epochs' worth of steps: 15 + 15
+    lines = [line for line in r.stderr.splitlines() if 'skipped' in line]
+    assert len(lines) == 1, r.stderr
+    assert 'skipped 4 files this epoch (3 unreadable, 1 grayscale)' in lines[0]
+    assert all(name in lines[0] for name in ('truncated.jpg', 'empty.jpg', 'notes.png', 'gray.png'))
+    assert 'cmyk' not in lines[0] and 'sixteen' not in lines[0]
+
+
+def test_two_processes_train_and_resume_on_a_folder(tiny_folder, tmp_path):
+    flags = ['--data_path', tiny_folder, '--dataset', 'folder', '--image_size', '64', '--num_workers', '1',
+             '--save_path', str(tmp_path / 'ck'), '--samples_path', str(tmp_path / 's'), '--batch_size', '8',
+             '--val_batches', '1', '--precision', 'fp32', '--autotune', 'off', '--tensorboard', 'off']
+    r = torchrun(flags + ['--max_steps', '1', '--save_steps', '1'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(flags + ['--max_steps', '2', '--resume', 'latest'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'epoch 0, batch 1, step 1' in r.stdout and '2 processes, 4 images each per step' in r.stdout
+    assert load(str(tmp_path / 'ck' / 'checkpoint_ep0.pt'))['step'] == 2
+
+
+def test_tensorboard_holds_the_run_and_a_resumed_run_continues_it_without_repeats(tiny_cifar, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ck = str(tmp_path / 'ck')
+    flags = ['--log_steps', '2', '--val_batches', '1', '--max_epoch', '2']  # 10 steps an epoch
+    assert run_train(train_command(tiny_cifar, ck, '--max_steps', '12', *flags)).returncode == 0
+    r = run_train(train_command(tiny_cifar, ck, '--max_steps', '16', '--resume', 'latest', *flags))
+    assert r.returncode == 0, r.stderr
+    events = EventAccumulator(os.path.join(ck, 'tensorboard'), size_guidance={'images': 0, 'scalars': 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {'train/g_l1', 'train/g_adv', 'train/d_loss', 'train/d_acc', 'speed/lr_gen', 'speed/images_per_s'} <= \
+        set(tags['scalars'])
+    assert [e.step for e in events.Scalars('train/g_l1')] == list(range(2, 17, 2))
+    with open(os.path.join(ck, 'steps.csv')) as f:
+        logged = {int(row['step']): float(row['g_l1']) for row in csv.DictReader(f)}
+    for e in events.Scalars('train/g_l1'):
+        assert e.value == pytest.approx(logged[e.step], rel=1e-6)
+    assert [e.step for e in events.Scalars('val/g_l1')] == [10, 12, 16]  # epoch 0's end, the stop, the resumed stop
+    assert {'val/colorfulness', 'val/d_acc'} <= set(tags['scalars'])
+    image = events.Images('samples')[0]
+    assert image.width > 3 * 32 and image.height > 3 * 32
+    args = json.load(open(os.path.join(ck, 'args.json')))
+    assert set(args['provenance']['versions']) == {'python', 'torch', 'torchvision', 'numpy', 'opencv'}
+    assert 'commit' in args['provenance']['code'] and 'provenance' in load(os.path.join(ck, 'checkpoint_ep1.pt'))
+
+
+def test_an_unwritable_tensorboard_folder_warns_once_and_training_goes_on(tiny_cifar, tmp_path):
+    ck = tmp_path / 'ck'
+    ck.mkdir()
+    (ck / 'tensorboard').write_text('a file where the folder would go')
+    r = run_train(train_command(tiny_cifar, str(ck), '--max_steps', '4', '--log_steps', '1', '--val_batches', '1'))
+    assert r.returncode == 0, r.stderr
+    assert len([line for line in r.stderr.splitlines() if 'TensorBoard' in line]) == 1
+    assert os.path.isfile(ck / 'checkpoint_ep0.pt')
