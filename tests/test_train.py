@@ -435,7 +435,7 @@ def test_bad_and_odd_files_are_skipped_or_converted_and_named_in_one_line(tiny_f
 
 
 def test_two_processes_train_and_resume_on_a_folder(tiny_folder, tmp_path):
-    flags = ['--data_path', tiny_folder, '--dataset', 'folder', '--image_size', '64', '--num_workers', '1',
+    flags = ['--data_path', tiny_folder, '--dataset', 'folder', '--image_size', '64', '--num_workers', '0',
              '--save_path', str(tmp_path / 'ck'), '--samples_path', str(tmp_path / 's'), '--batch_size', '8',
              '--val_batches', '1', '--precision', 'fp32', '--autotune', 'off', '--tensorboard', 'off']
     r = torchrun(flags + ['--max_steps', '1', '--save_steps', '1'])
