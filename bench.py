@@ -16,6 +16,7 @@ decoding; then the loader's own rate (FolderImages' training batches: decode, ra
 Lab) with each of --loader_workers DataLoader workers, and for each whether it keeps up with the
 step. --baseline is CIFAR-10's only.
 """
+import contextlib
 import itertools
 import os
 import statistics
@@ -257,11 +258,25 @@ PRODUCT_OPS = frozenset({'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::mkldnn_c
                          'aten::convolution_backward', 'aten::cudnn_convolution', 'aten::mkldnn_rnn_layer'})
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """The profiler's C++ library prints its start and stop to file descriptor 2 at every use."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, 'w') as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def step_profile(run_once, steps=4):
     """{'outside_products': share of the step's self CPU time outside matrix products and
     convolutions, 'copies': share in aten::copy_} over `steps` profiled steps."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             run_once()
     times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}

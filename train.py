@@ -25,7 +25,7 @@ import plot
 import provenance
 import scores
 import utils
-from cli import Compute, UserError, run_cli
+from cli import Compute, UserError, pick_device, run_cli
 from gan import STAT_NAMES, ColorizationGAN, NonFiniteLoss, summarize
 from options import parse_training_args as parse_args
 from runlog import TensorBoardLog
@@ -46,6 +46,7 @@ class Run:
     first_epoch: int = 0
     first_batch: int = 0
     step: int = 0
+    first_step: int = 0  # the step this process started from, for the closing time line
     skipped: int = 0
     spent: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     last_logged: tuple = None  # (time, images trained) at the last --log_steps row, for images/s
@@ -61,7 +62,7 @@ class Run:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = Compute.from_flags(args).device
+    device = pick_device(args.device)
     procs = distributed.Processes.from_environment(device.type)
     try:
         # Under torchrun only the first process prints; the others print nothing but errors.
@@ -146,10 +147,8 @@ def set_up(args, compute, procs):
     tensorboard = TensorBoardLog(os.path.join(args.save_path, 'tensorboard'),
                                  enabled=args.tensorboard == 'on' and procs.is_main,
                                  resume_step=step if resume_path else None)
-    run = Run(args, compute, procs, gan, train_set, test_set, layer_forms, tensorboard, made_by, first_epoch,
-              first_batch, step, spent=spent, last_logged=(time.time(), 0))
-    run.first_step = step
-    return run
+    return Run(args, compute, procs, gan, train_set, test_set, layer_forms, tensorboard, made_by, first_epoch,
+               first_batch, step, first_step=step, spent=spent, last_logged=(time.time(), 0))
 
 
 def find_resume_path(args):
@@ -303,13 +302,14 @@ def end_epoch(run, epoch, outcome, stopping):
         print(summary_line(epoch, 'val', val_m, val_seconds))
         started = time.time()
         grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
-        pictures.write_image(grid_path, pictures.image_grid(grid_rows, border=6, scale=2.2))
+        grid = pictures.image_grid(grid_rows, border=6, scale=2.2)
+        pictures.write_image(grid_path, grid)
         for phase, m, seconds, colorfulness in (('train', train_m, outcome.seconds, ''),
                                                 ('val', val_m, val_seconds, round(val_colorfulness, 4))):
             utils.append_csv_row(run.log_path, dict(epoch=epoch, step=run.step, phase=phase, **m,
                                                     seconds=round(seconds, 2), skipped_steps=run.skipped,
                                                     **run.gan.learning_rates(), colorfulness=colorfulness))
-        log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid_rows)
+        log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid)
         # The curves are drawn while the checkpoint is written, which waits on the disk.
         curves = threading.Thread(target=draw_curves, args=(args.save_path,), daemon=True)
         curves.start()
@@ -322,10 +322,10 @@ def end_epoch(run, epoch, outcome, stopping):
     procs.barrier()
 
 
-def log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid_rows):
+def log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid):
     values = dict({k: v for k, v in val_m.items() if k != 'images'}, colorfulness=val_colorfulness)
     run.tensorboard.scalars(run.step, values, 'val')
-    run.tensorboard.image('samples', pictures.image_grid(grid_rows, border=6, scale=2.2), run.step)
+    run.tensorboard.image('samples', grid, run.step)
     run.tensorboard.hparams(run.args, {'hparam/val_g_l1': val_m['g_l1'], 'hparam/val_colorfulness': val_colorfulness})
     run.tensorboard.flush()
     # The epoch's first --log_steps window starts after validation, not before it.
