@@ -314,11 +314,15 @@ def end_epoch(run, epoch, outcome, stopping):
         curves = threading.Thread(target=draw_curves, args=(args.save_path,), daemon=True)
         curves.start()
         run.spent['pictures and log'] += time.time() - started
-        if (epoch + 1) % args.save_freq == 0 or stopping or epoch == args.max_epoch - 1:
-            save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path)
-        started = time.time()
-        curves.join()
-        run.spent['pictures and log'] += time.time() - started
+        try:
+            if (epoch + 1) % args.save_freq == 0 or stopping or epoch == args.max_epoch - 1:
+                save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path)
+        finally:
+            # Even when the save fails (a full disk): a drawing thread still running when Python
+            # exits takes the process down with a C++ abort ("terminate called ...", exit 134).
+            started = time.time()
+            curves.join()
+            run.spent['pictures and log'] += time.time() - started
     procs.barrier()
 
 
