@@ -125,20 +125,21 @@ def clear_torn_writes(save_path):
 
 # ---------------------------------------------------------------- the training checkpoint
 
-def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_forms, G_eval=None, extra=None):
+def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_forms, G_eval=None,
+                        provenance=None):
     """Everything a resumed run needs, as one dict. `G_eval`: the generator just validated, with
     exact batch-norm statistics; without it (mid-epoch saves, Ctrl-C) the generator is the
     averaged weights with training's running statistics, which loading for use recomputes.
-    `rng_states`: every process's random state, the first process's first."""
+    `rng_states`: every process's random state, the first process's first; `provenance`: what made
+    the run (provenance.py)."""
     state = gan.state_dict()
     state.update({
         'generator': G_eval.state_dict() if G_eval is not None else gan.generator_with_running_statistics(),
         'generator_exact_statistics': G_eval is not None,
         'epoch': epoch, 'batches_done': batches_done, 'step': step, 'args': vars(args),
         'rng': rng_states[0], 'rng_per_process': rng_states if len(rng_states) > 1 else None,
-        'layer_forms': layer_forms,
+        'layer_forms': layer_forms, 'provenance': provenance,
     })
-    state.update(extra or {})
     return state
 
 
@@ -251,14 +252,14 @@ def load_generator(path, device, ckpt=None):
     return G.to(device).eval(), exact, dict(run_args, **config)
 
 
-def generator_for_use(path, compute, training_images, ckpt=None, say=print):
+def generator_for_use(path, compute, training_images, ckpt=None):
     """The generator of `path` ready to colorize: eval mode, exact batch-norm statistics. Where
     the file lacks them (a mid-epoch checkpoint), they are computed as train.py does at an epoch's
     end, over the training images `training_images(run_args)` returns. Returns (G, run_args)."""
     from calibration import recalibrate_generator
     G, exact, run_args = load_generator(path, compute.device, ckpt)
     if not exact:
-        say(f"{path}: a mid-epoch checkpoint; computing its exact batch-norm statistics as train.py would")
+        print(f"{path}: a mid-epoch checkpoint; computing its exact batch-norm statistics as train.py would")
         recalibrate_generator(G, training_images(run_args), run_args.get('seed', 0), compute.device, compute.autocast)
     return G, run_args
 

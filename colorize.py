@@ -300,8 +300,7 @@ def main(argv=None):
     targets = output_paths(images, args.output, args.compare)
 
     def training_images(run_args):
-        return dataset.open_test_split(run_args.get('dataset', 'cifar10'), args.data_path, run_args['image_size'],
-                                       train=True)
+        return dataset.open_split(run_args.get('dataset', 'cifar10'), args.data_path, True, run_args['image_size'])
     G, _ = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
     utils.check_writable_folder(args.output, '--output')
 

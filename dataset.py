@@ -134,6 +134,10 @@ class LabImages:
     def num_batches(self, batch_size):
         return (len(self.lab) + batch_size - 1) // batch_size
 
+    def take_skip_report(self):
+        """CIFAR-10's batch files hold no image it cannot use (folders.FolderImages may skip some)."""
+        return None
+
 
 def load_split(data_path, train, download=True):
     folder = find_cifar_folder(data_path, download=download)
@@ -154,10 +158,9 @@ def open_splits(args, procs, pin_memory=False):
     --num_workers); the test set on the first process only, which alone validates. The first
     process on each machine downloads CIFAR-10 if needed while the others wait."""
     if args.dataset == 'folder':
-        from folders import FolderImages
-        train_set = FolderImages(args.data_path, 'train', args.image_size, args.num_workers, pin_memory)
-        test_set = FolderImages(args.data_path, 'val', args.image_size, args.num_workers, pin_memory) \
-            if procs.is_main else None
+        def split(train):
+            return open_split('folder', args.data_path, train, args.image_size, args.num_workers, pin_memory)
+        train_set, test_set = split(train=True), split(train=False) if procs.is_main else None
     else:
         if procs.local_rank > 0:
             procs.barrier()
@@ -172,8 +175,8 @@ def open_splits(args, procs, pin_memory=False):
     return train_set, test_set
 
 
-def open_test_split(dataset, data_path, image_size=32, num_workers=0, pin_memory=False, train=False):
-    """The images test.py scores (or, with train=True, those exact batch-norm statistics come from)."""
+def open_split(dataset, data_path, train, image_size=32, num_workers=0, pin_memory=False):
+    """One split of a data set: the training images, or the ones a run validates and test.py scores."""
     if dataset == 'folder':
         from folders import FolderImages
         return FolderImages(data_path, 'train' if train else 'val', image_size, num_workers, pin_memory)

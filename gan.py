@@ -7,6 +7,7 @@ the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fak
 `evaluate(G, lab)` computes the same losses in eval mode, and the prediction.
 """
 import copy
+import math
 import time
 
 import torch
@@ -212,7 +213,7 @@ class ColorizationGAN:
         self.opt_g.zero_grad(set_to_none=True), self.opt_d.zero_grad(set_to_none=True)
         if buffers is not None:
             self._restore_buffers(buffers)
-        name, value = ('generator', g_value) if not torch.isfinite(losses[0]) else ('discriminator', d_value)
+        name, value = ('generator', g_value) if not math.isfinite(g_value) else ('discriminator', d_value)
         raise NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)'
                                                              if self.procs.distributed else ''))
 
@@ -229,11 +230,10 @@ class ColorizationGAN:
         """Sums over the batch; a patch discriminator's accuracy is each image's share of patches right."""
         n = lab.shape[0]
 
-        def right(logits, real):
-            hits = (logits.detach().reshape(n, -1) > 0) if real else (logits.detach().reshape(n, -1) <= 0)
-            return hits.float().mean(dim=1).sum()
+        def share_right(hits):
+            return hits.float().reshape(n, -1).mean(dim=1).sum()
         return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
-                            right(real_logits, True), right(fake_logits, False),
+                            share_right(real_logits.detach() > 0), share_right(fake_logits.detach() <= 0),
                             torch.tensor(float(n), device=lab.device)])
 
     # ------------------------------------------------------------ evaluation

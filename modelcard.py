@@ -18,7 +18,7 @@ def folder_config(generator_config, run_args, ckpt):
         'training': {flag: run_args[flag] for flag in RECIPE_FLAGS if flag in run_args},
         'epoch': ckpt.get('epoch'), 'step': ckpt.get('step'), 'seed': run_args.get('seed', 0),
         'exact_statistics': ckpt.get('generator_exact_statistics', True),
-        'provenance': ckpt.get('provenance') or (run_args.get('provenance') if isinstance(run_args, dict) else None),
+        'provenance': ckpt.get('provenance'),
     }
 
 

@@ -209,8 +209,7 @@ def load_generators(args, compute):
                         f"score them in separate runs")
 
     def training_images(run_args):
-        return dataset.open_test_split(args.dataset, args.data_path, run_args['image_size'], args.num_workers,
-                                       train=True)
+        return dataset.open_split(args.dataset, args.data_path, True, run_args['image_size'], args.num_workers)
     generators = [checkpoints.generator_for_use(p, compute, training_images, ckpt)[0]
                   for p, ckpt in zip(args.checkpoints, ckpts)]
     for G in generators:
@@ -234,7 +233,7 @@ class Scoring:
         self.image_errors = {label: [] for label in labels}
         self.every_column = []
 
-    def add(self, idx, lab, truth, classes, predictions_ab):
+    def add(self, lab, truth, classes, predictions_ab):
         """`predictions_ab`: each generator's predicted ab for the batch, in label order."""
         L, ab = lab[:, :1], lab[:, 1:]
         # (class name, members as a numpy mask for pictures, as a tensor mask for ab), once per batch
@@ -294,15 +293,15 @@ def main(argv=None):
     compute = Compute.from_flags(args)
     generators, labels, image_size = load_generators(args, compute)
     utils.check_writable_folder(args.save_path, '--save_path')
-    test_set = dataset.open_test_split(args.dataset, args.data_path, image_size, args.num_workers,
-                                       pin_memory=compute.device.type == 'cuda')
+    test_set = dataset.open_split(args.dataset, args.data_path, False, image_size, args.num_workers,
+                                  pin_memory=compute.device.type == 'cuda')
     scoring = Scoring(labels, test_set.class_names, args.num_grids * GRID_ROWS, keep_every_image=bool(args.pick))
     batches = test_set.batches(args.batch_size, device=compute.device, with_rgb=True)
     for idx, lab, truth in tqdm(batches, total=test_set.num_batches(args.batch_size), desc='colorize',
                                 dynamic_ncols=True):
         with compute.autocast:
             predictions = [G(lab[:, :1]).float() for G in generators]
-        scoring.add(idx, lab, truth, test_set.labels[idx.numpy()], predictions)
+        scoring.add(lab, truth, test_set.labels[idx.numpy()], predictions)
     grid_paths = draw_grids(scoring, labels, args.save_path)
     picks = draw_picks(scoring, labels, args.pick, args.save_path) if args.pick else {}
 

@@ -49,7 +49,7 @@ class Run:
     first_step: int = 0  # the step this process started from, for the closing time line
     skipped: int = 0
     spent: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    last_logged: tuple = None  # (time, images trained) at the last --log_steps row, for images/s
+    last_logged: float = 0.0  # when the last --log_steps row was written, for images/s
 
     @property
     def log_path(self):
@@ -148,7 +148,7 @@ def set_up(args, compute, procs):
                                  enabled=args.tensorboard == 'on' and procs.is_main,
                                  resume_step=step if resume_path else None)
     return Run(args, compute, procs, gan, train_set, test_set, layer_forms, tensorboard, made_by, first_epoch,
-               first_batch, step, first_step=step, spent=spent, last_logged=(time.time(), 0))
+               first_batch, step, first_step=step, spent=spent, last_logged=time.time())
 
 
 def find_resume_path(args):
@@ -244,8 +244,8 @@ def skip_step(run, error, epoch):
 
 
 def report_skipped_files(images, split):
-    """A folder data set's one line on the files it could not use (CIFAR-10 has none)."""
-    report = images.take_skip_report() if hasattr(images, 'take_skip_report') else None
+    """The data set's one line on the files it could not use, if any."""
+    report = images.take_skip_report()
     if report:
         print(f"{split} images: {report}", file=sys.stderr)
 
@@ -255,9 +255,9 @@ def log_steps(run, epoch, since_logged):
     if run.procs.is_main:
         m = summarize(since_logged)
         utils.append_csv_row(run.steps_log_path, dict(epoch=epoch, step=run.step, **m))
-        now, images = time.time(), run.last_logged[1] + m['images']
-        rates = dict(run.gan.learning_rates(), images_per_s=m['images'] / max(now - run.last_logged[0], 1e-9))
-        run.last_logged = (now, images)
+        now = time.time()
+        rates = dict(run.gan.learning_rates(), images_per_s=m['images'] / max(now - run.last_logged, 1e-9))
+        run.last_logged = now
         run.tensorboard.scalars(run.step, {k: v for k, v in m.items() if k != 'images'}, 'train')
         run.tensorboard.scalars(run.step, rates, 'speed')
 
@@ -270,7 +270,7 @@ def save(run, path, epoch, batches_done, G_eval=None, rng_states=None):
         with timed(run.spent, 'checkpoints'):
             checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
                 run.gan, epoch, batches_done, run.step, run.args, rng_states, run.layer_forms, G_eval,
-                extra={'provenance': run.provenance}))
+                run.provenance))
 
 
 def save_interrupted(run, epoch, batches_done, n_batches):
@@ -333,7 +333,7 @@ def log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid):
     run.tensorboard.hparams(run.args, {'hparam/val_g_l1': val_m['g_l1'], 'hparam/val_colorfulness': val_colorfulness})
     run.tensorboard.flush()
     # The epoch's first --log_steps window starts after validation, not before it.
-    run.last_logged = (time.time(), run.last_logged[1])
+    run.last_logged = time.time()
 
 
 def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path):
