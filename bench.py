@@ -254,7 +254,8 @@ def flops_per_training_image(flags, device):
 # The profiler's names of the work a training step is for: matrix products and convolutions
 # (forward and backward). Everything else (copies, casts, norms, activations, the optimizer) is
 # the step's overhead, whose share bench.py prints so that a regression shows at once.
-PRODUCT_OPS = frozenset({'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::mkldnn_convolution',
+# aten::_convolution is in: on CPUs it computes the transposed convolutions itself (no child op).
+PRODUCT_OPS = frozenset({'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::mkldnn_convolution', 'aten::_convolution',
                          'aten::convolution_backward', 'aten::cudnn_convolution', 'aten::mkldnn_rnn_layer'})
 
 

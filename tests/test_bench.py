@@ -36,6 +36,21 @@ def test_bench_reports_rates_flops_utilisation_and_the_reference_side_by_side(tm
     assert 'reference img/s' in r.stdout and result['cpu'] in r.stdout
 
 
+def test_the_profile_counts_transposed_convolutions_as_arithmetic_and_a_cast_as_a_copy():
+    """On CPUs the transposed convolution's arithmetic runs inside aten::_convolution itself."""
+    import torch
+
+    import bench
+    layer = torch.nn.ConvTranspose2d(128, 64, 4, 2, 1)
+    x = torch.randn(8, 128, 16, 16)
+    with torch.no_grad():
+        conv = bench.step_profile(lambda: layer(x), steps=2)
+    big = torch.randn(64, 128, 32, 32)
+    cast = bench.step_profile(lambda: big.to(torch.float64), steps=2)
+    assert conv['outside_products'] < 0.5
+    assert cast['outside_products'] > 0.5 and cast['copies'] > 0.5
+
+
 def test_the_reference_style_data_path_decodes_what_the_project_converts_in_memory(tmp_path):
     """The baseline's per-image PNG decoding and Lab conversion gives the same Lab images as the
     project's vectorized conversion, flipped or not."""
