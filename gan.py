@@ -6,12 +6,14 @@ it: the generator first, on (1 - l1_weight) * BCE(D(L, G(L)), 1) + l1_weight * |
 the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fake batch.
 `evaluate(G, lab)` computes the same losses in eval mode, and the prediction.
 """
+import contextlib
 import copy
 import math
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import convolutions
 import distributed
@@ -134,6 +136,26 @@ def summarize(sums):
             'd_acc_fake': s['fake_correct'] / n, 'images': int(s['images'])}
 
 
+@contextlib.contextmanager
+def batch_norm_replay(model):
+    """Records what each batch-norm layer of `model` is given inside the block, and yields a
+    function that gives it to each layer again (no gradients): the running statistics and the
+    batch count advance as a second pass of `model` on the same batch would advance them."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0])))
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    @torch.no_grad()
+    def replay():
+        for layer, x in seen:
+            layer(x)
+    try:
+        yield replay
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 class ColorizationGAN:
     """`args`: train.py's flags (parse_args); `compute`: where and in what precision it runs;
     `procs`: this process's place in a torchrun run (one process where None)."""
@@ -156,6 +178,10 @@ class ColorizationGAN:
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if args.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.compute.precision == 'fp16')
         self.G_run, self.D_run = self.G, self.D  # what the step calls: DistributedDataParallel under torchrun
+        # D is the same function in both losses of a step (it steps after the generator), so one
+        # pass on the fake batch serves both, where its passes change nothing but batch-norm
+        # statistics (a spectral norm's power iteration advances per pass) and it runs in one process.
+        self.scores_fake_once = args.disc_norm != 'spectral' and not self.procs.distributed
 
     # ------------------------------------------------------------ set-up
 
@@ -219,8 +245,11 @@ class ColorizationGAN:
         # average the gradient of the global batch's mean losses.
         share = len(lab) * self.procs.world_size / (global_images or len(lab))
         buffers = self._buffers_snapshot() if self.args.nan_policy == 'skip' else None
-        fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.backward_G(lab, share)
-        real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
+        if self.scores_fake_once:
+            fake_ab, g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share)
+        else:
+            fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.backward_G(lab, share)
+            real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
         self.check_finite(g_loss, d_loss, buffers)
         self.scaler.step(self.opt_g)
         self.backward_D(d_loss, share)
@@ -243,9 +272,33 @@ class ColorizationGAN:
             self.D.requires_grad_(True)
         return losses
 
+    def backward_G_scoring_once(self, lab, share):
+        """backward_G where D scores the fake batch once, for both losses; D's running statistics
+        still advance as in the reference's three passes (fake, real, fake), by a replay. The
+        generator's gradients pass through D to a detached copy of the fake batch and on into G,
+        the same sums as one backward pass; D's weight gradients are left for backward_D.
+        Returns the losses of both networks and D's scores."""
+        L, ab = lab[:, :1], lab[:, 1:]
+        with self.compute.autocast:
+            fake_ab = self.G_run(L)
+            fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+            fake_in = fake.detach().requires_grad_()
+            with batch_norm_replay(self.D) as replay_fake_batch:
+                fake_logits = self.D(fake_in)
+            real_logits = self.D(lab)
+            replay_fake_batch()
+            g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits)
+            d_loss = self.discriminator_loss(real_logits, fake_logits)
+        self.opt_g.zero_grad(set_to_none=True)
+        scaled = self.scaler.scale(g_loss * share)
+        # backward(inputs=...), not autograd.grad: torch's module trackers (FlopCounterMode) take no leaf in grad().
+        torch.autograd.backward(scaled, inputs=[fake_in], retain_graph=True)
+        torch.autograd.backward([scaled, fake], [None, fake_in.grad], inputs=list(self.G.parameters()))
+        return fake_ab, g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss
+
     def backward_D(self, d_loss, share):
         self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(d_loss * share).backward()
+        torch.autograd.backward(self.scaler.scale(d_loss * share), inputs=list(self.D.parameters()))
         self.scaler.step(self.opt_d)
 
     def generator_losses(self, G, D, lab):
@@ -253,10 +306,16 @@ class ColorizationGAN:
         fake_ab = G(L)
         fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
         fake_scores = D(fake)
+        g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores)
+        return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
+
+    def generator_loss_terms(self, ab, fake_ab, fake_scores):
         g_adv = bce(fake_scores, 1.0)
         g_l1 = (ab - fake_ab.float()).abs().mean()
-        g_loss = (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * g_l1
-        return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
+        return g_adv, g_l1, (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * g_l1
+
+    def discriminator_loss(self, real_logits, fake_logits):
+        return bce(real_logits, self.args.smoothing) + bce(fake_logits, 0.0)
 
     def discriminator_losses(self, D, lab, fake, fake_scores=None):
         """With `fake_scores` (eval mode, where D is a fixed function) D's score of the fake batch
@@ -265,7 +324,7 @@ class ColorizationGAN:
         with self.compute.autocast:
             real_logits = D(lab)
             fake_logits = D(fake) if fake_scores is None else fake_scores
-            d_loss = bce(real_logits, self.args.smoothing) + bce(fake_logits, 0.0)
+            d_loss = self.discriminator_loss(real_logits, fake_logits)
         return real_logits, fake_logits, d_loss
 
     def check_finite(self, g_loss, d_loss, buffers=None):

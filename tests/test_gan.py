@@ -218,3 +218,44 @@ def test_the_dense_view_adam_resumes_torch_adams_state_whatever_the_weights_layo
     adam_steps(reference, torch_adam, 2, seed=11), adam_steps(resumed, ours, 2, seed=11)
     for a, b in zip(reference, resumed):
         assert torch.equal(a, b)
+
+
+def trained_state(gan, batches):
+    torch.manual_seed(5)  # the dropout masks
+    sums = torch.stack([gan.step(lab.contiguous(memory_format=gan.memory_format), i + 1)
+                        for i, lab in enumerate(batches)])
+    state = everything(gan)
+    state.pop('scaler')
+    return sums, state
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+@pytest.mark.parametrize('flags', [[], ['--disc_norm', 'instance'], ['--image_size', '64', '--dataset', 'folder']],
+                         ids=['batch-norm D', 'instance-norm D', '64 px networks'])
+def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_for_bit(flags, precision):
+    """D's second pass on the fake batch recomputed what its first had: leaving it out changes
+    no weight, statistic, batch count, optimizer moment, average or loss, in fp32 and in bf16."""
+    args = parse_training_args(['--batch_size', '4', '--autotune', 'off', *flags])
+    size = args.image_size
+    batches = [torch.nn.functional.interpolate(lab_batch(4, seed=s), size=(size, size)) for s in (1, 2, 3)]
+    results = []
+    for once in (False, True):
+        gan = ColorizationGAN(args, Compute(torch.device('cpu'), precision))
+        assert gan.scores_fake_once
+        gan.scores_fake_once = once
+        passes = []
+        gan.D.register_forward_hook(lambda *_: passes.append(1))
+        results.append(trained_state(gan, batches) + (len(passes),))
+    (sums_3, state_3, passes_3), (sums_1, state_1, passes_1) = results
+    assert (passes_3, passes_1) == (9, 6)
+    assert torch.equal(sums_3, sums_1)
+    assert_unchanged(state_3, state_1)
+
+
+def test_a_spectral_norm_discriminator_keeps_its_three_passes():
+    """Its power iteration advances at every pass, so its second score of the fake batch differs."""
+    gan = ColorizationGAN(parse_training_args(['--disc_norm', 'spectral', '--batch_size', '4']))
+    passes = []
+    gan.D.register_forward_hook(lambda *_: passes.append(1))
+    gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
+    assert not gan.scores_fake_once and len(passes) == 3
