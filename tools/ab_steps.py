@@ -1,8 +1,8 @@
 """Time the training step of two commits side by side: their steps alternate, window by window.
 
-`python tools/ab_steps.py OLD NEW [--batch_size 32] [--precision auto] [--windows 6] [--steps 10]`
-checks both commits out (git worktree), starts one worker process per commit, each building the
-default recipe's GAN its own commit's way on the same synthetic images, and then asks them in
+`python tools/ab_steps.py OLD NEW [--recipe default|spectral] [--batch_size 32] [--precision auto]
+[--windows 6] [--steps 10]` checks both commits out (git worktree), starts one worker process per
+commit, each building the recipe's GAN its own commit's way on the same synthetic images, and then asks them in
 turn (A, B, A, B, ...) to run a window of steps; only one works at a time, so neither slows the
 other, and a drift in the machine's speed reaches both alike. It prints each one's median images
 per second and the ratio NEW / OLD. The previous release (before gan.py) is driven through
@@ -16,20 +16,22 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from options import RECIPES  # noqa: E402  (the flags are this checkout's; both commits parse them)
 
 # Run inside each checkout: build the step, then serve "N" (run N steps) with the seconds taken.
 WORKER = r'''
 import os, sys, time, itertools
 sys.path.insert(0, os.getcwd())
 import torch
-batch_size, precision = int(sys.argv[1]), sys.argv[2]
+batch_size, precision, recipe = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 import bench
 images = bench.synthetic_images(max(2048, 4 * batch_size))
 if os.path.exists('gan.py'):
     from cli import Compute
     from gan import ColorizationGAN
     from options import parse_training_args
-    args = parse_training_args(['--batch_size', str(batch_size), '--precision', precision])
+    args = parse_training_args(['--batch_size', str(batch_size), '--precision', precision, *recipe])
     compute = Compute.from_flags(args)
     gan = ColorizationGAN(args, compute)
     forms = gan.choose_layer_forms()[1]
@@ -37,7 +39,7 @@ if os.path.exists('gan.py'):
     step = lambda n: gan.step(next(batches), n)
 else:
     import copy, train, utils
-    args = train.parse_args(['--batch_size', str(batch_size), '--precision', precision])
+    args = train.parse_args(['--batch_size', str(batch_size), '--precision', precision, *recipe])
     device = utils.pick_device(args.device)
     precision = utils.resolve_precision(args.precision, device)
     channels_last = train.use_channels_last(args.channels_last, device)
@@ -71,18 +73,22 @@ def checkout(commit, folder):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('old'), p.add_argument('new')
+    p.add_argument('--recipe', choices=('default', 'spectral'), default='default',
+                   help="train.py's flags of the default run or of the reference's spectral-norm recipe")
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--precision', default='auto')
     p.add_argument('--windows', type=int, default=6)
     p.add_argument('--steps', type=int, default=10, help='steps per window')
     args = p.parse_args(argv)
+    recipe_flags = RECIPES[args.recipe] if args.recipe != 'default' else []
     with tempfile.TemporaryDirectory(prefix='ab-steps-') as tmp:
         workers = {}
         try:
             for name, commit in (('OLD', args.old), ('NEW', args.new)):
                 folder = os.path.join(tmp, name)
                 checkout(commit, folder)
-                workers[name] = subprocess.Popen([sys.executable, '-c', WORKER, str(args.batch_size), args.precision],
+                workers[name] = subprocess.Popen([sys.executable, '-c', WORKER, str(args.batch_size), args.precision,
+                                                  *recipe_flags],
                                                  cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 print(f"{name} {commit}: {workers[name].stdout.readline().strip()}", flush=True)
             rates = {name: [] for name in workers}
