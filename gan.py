@@ -246,9 +246,9 @@ class ColorizationGAN:
         share = len(lab) * self.procs.world_size / (global_images or len(lab))
         buffers = self._buffers_snapshot() if self.args.nan_policy == 'skip' else None
         if self.scores_fake_once:
-            fake_ab, g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share)
+            g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share)
         else:
-            fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.backward_G(lab, share)
+            _, fake, _, g_adv, g_l1, g_loss = self.backward_G(lab, share)
             real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
         self.check_finite(g_loss, d_loss, buffers)
         self.scaler.step(self.opt_g)
@@ -291,10 +291,10 @@ class ColorizationGAN:
             d_loss = self.discriminator_loss(real_logits, fake_logits)
         self.opt_g.zero_grad(set_to_none=True)
         scaled = self.scaler.scale(g_loss * share)
-        # backward(inputs=...), not autograd.grad: torch's module trackers (FlopCounterMode) take no leaf in grad().
+        # backward(inputs=...), not autograd.grad: FlopCounterMode's module tracker takes no leaf in grad().
         torch.autograd.backward(scaled, inputs=[fake_in], retain_graph=True)
         torch.autograd.backward([scaled, fake], [None, fake_in.grad], inputs=list(self.G.parameters()))
-        return fake_ab, g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss
+        return g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss
 
     def backward_D(self, d_loss, share):
         self.opt_d.zero_grad(set_to_none=True)

@@ -244,7 +244,7 @@ def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_fo
         assert gan.scores_fake_once
         gan.scores_fake_once = once
         passes = []
-        gan.D.register_forward_hook(lambda *_: passes.append(1))
+        gan.D.register_forward_hook(lambda *_, passes=passes: passes.append(1))
         results.append(trained_state(gan, batches) + (len(passes),))
     (sums_3, state_3, passes_3), (sums_1, state_1, passes_1) = results
     assert (passes_3, passes_1) == (9, 6)

@@ -17,7 +17,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from options import RECIPES  # noqa: E402  (the flags are this checkout's; both commits parse them)
+from options import RECIPES  # the flags are this checkout's; both commits parse them
 
 # Run inside each checkout: build the step, then serve "N" (run N steps) with the seconds taken.
 WORKER = r'''
