@@ -3,8 +3,10 @@
 Both networks, the averaged generator, their Adam optimizers, the gradient scaler and the
 learning-rate schedule. `step(lab)` is one training step as Nazeri et al. and the reference take
 it: the generator first, on (1 - l1_weight) * BCE(D(L, G(L)), 1) + l1_weight * |ab - G(L)|, then
-the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fake batch.
-`evaluate(G, lab)` computes the same losses in eval mode, and the prediction.
+the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fake batch. Where
+D's passes change nothing but batch-norm statistics, its one pass on the fake batch serves both
+losses (the reference's second pass recomputed the same scores), and the run stays the same bit
+for bit. `evaluate(G, lab)` computes the same losses in eval mode, and the prediction.
 """
 import contextlib
 import copy
@@ -285,6 +287,8 @@ class ColorizationGAN:
             fake_in = fake.detach().requires_grad_()
             with batch_norm_replay(self.D) as replay_fake_batch:
                 fake_logits = self.D(fake_in)
+            # In the same autocast region as the fake pass: the two share their bf16 weight casts
+            # (and so how D's weight gradients add up), as the reference's D step's two passes did.
             real_logits = self.D(lab)
             replay_fake_batch()
             g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits)
