@@ -85,14 +85,14 @@ def _down(c_in, c_out, norm, stride=2, padding=1, bf16_form=None):
         spectral_norm(layers[0])
     elif norm is not None:
         layers.append(_norm_layer(norm, c_out))
-    layers.append(nn.LeakyReLU(0.2))
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
     return Block(*layers)
 
 
 def _up(c_in, c_out, norm, dropout=None, bf16_form=None):
     conv = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1) if bf16_form is None else \
         MatmulConvTranspose2d(c_in, c_out, 4, 2, 1, bf16_form=bf16_form)
-    layers = [conv, _norm_layer(norm, c_out), nn.ReLU()]
+    layers = [conv, _norm_layer(norm, c_out), nn.ReLU(inplace=True)]
     if dropout is not None:  # kept at p = 0 too, so that every generator has the same layers
         layers.append(Dropout(dropout))
     return Block(*layers)
