@@ -85,7 +85,9 @@ def _down(c_in, c_out, norm, stride=2, padding=1, bf16_form=None):
         spectral_norm(layers[0])
     elif norm is not None:
         layers.append(_norm_layer(norm, c_out))
-    layers.append(nn.LeakyReLU(0.2, inplace=True))
+    # In place after a norm only: a matrix-product convolution's output is a view that autograd
+    # forbids changing in place.
+    layers.append(nn.LeakyReLU(0.2, inplace=norm not in (None, 'spectral')))
     return Block(*layers)
 
 

@@ -259,3 +259,20 @@ def test_a_spectral_norm_discriminator_keeps_its_three_passes():
     gan.D.register_forward_hook(lambda *_: passes.append(1))
     gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
     assert not gan.scores_fake_once and len(passes) == 3
+
+
+@pytest.mark.parametrize('disc_norm', ['batch', 'instance', 'spectral'])
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_form(disc_norm, precision):
+    """Also where an activation follows a matrix-product layer directly (the spectral recipe's
+    D.down4): the activations that run in place must not touch a custom function's output."""
+    import convolutions
+    gan = ColorizationGAN(parse_training_args(['--disc_norm', disc_norm, '--batch_size', '4']),
+                          Compute(torch.device('cpu'), precision))
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
+    for model in (gan.G, gan.G_ema, gan.D):
+        convolutions.set_forms(model, {name: 'matmul' for name in convolutions.two_form_layers(model)}, dtype)
+    before = [p.detach().clone() for p in gan.D.parameters()]
+    sums = gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
+    assert torch.isfinite(sums).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, gan.D.parameters()))
