@@ -55,9 +55,11 @@ def use_channels_last(choice, device):
     return device.type == 'cpu'
 
 
-def adam(params, lr, device):
+def adam(params, lr, device, scaled=False):
+    """`scaled`: a gradient scaler will inspect the gradients (fp16), through the optimizer's own
+    parameters, which DenseViewAdam's views hold only inside its step: it is not used then."""
     # The fused kernel: measured 2x faster than the multi-tensor one on a CPU (docs/performance.md).
-    if device.type == 'cpu':
+    if device.type == 'cpu' and not scaled:
         return DenseViewAdam(params, lr=lr, betas=(0.5, 0.999), fused=True)
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=device.type == 'cuda' or None)
 
@@ -74,7 +76,8 @@ class DenseViewAdam(torch.optim.Adam):
     moments. The kernel is elementwise over memory, so the numbers are the same; but it clones
     every gradient that is not contiguous, and for channels-last weights those clones were the
     largest copies of a step (docs/performance.md). The state dict holds the moments in the
-    weights' own shapes and layout, as torch.optim.Adam's does."""
+    weights' own shapes and layout, as torch.optim.Adam's does. One parameter group; gradients
+    are read at `step`, so no gradient scaler or closure."""
 
     def __init__(self, params, **kwargs):
         self.weights = list(params)
@@ -175,10 +178,11 @@ class ColorizationGAN:
         if args.apply_weight_init:
             models.init_weights(self.G), models.init_weights(self.D)
         self.G.to(device, memory_format=self.memory_format), self.D.to(device, memory_format=self.memory_format)
-        self.opt_g = adam(self.G.parameters(), args.base_lr_gen, device)
-        self.opt_d = adam(self.D.parameters(), args.base_lr_disc, device)
+        scaled = self.compute.precision == 'fp16'
+        self.opt_g = adam(self.G.parameters(), args.base_lr_gen, device, scaled)
+        self.opt_d = adam(self.D.parameters(), args.base_lr_disc, device, scaled)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if args.ema_decay > 0 else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.compute.precision == 'fp16')
+        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.G_run, self.D_run = self.G, self.D  # what the step calls: DistributedDataParallel under torchrun
         # D is the same function in both losses of a step (it steps after the generator), so one
         # pass on the fake batch serves both, where its passes change nothing but batch-norm

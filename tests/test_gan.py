@@ -204,15 +204,19 @@ def test_the_dense_view_adam_hands_the_fused_kernel_no_gradient_to_clone():
     assert clones_under_the_kernel(lambda w: gan_module.DenseViewAdam(w, fused=True)) == 0
 
 
+@pytest.mark.parametrize('source', [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize('layout', [torch.channels_last, torch.contiguous_format])
-def test_the_dense_view_adam_resumes_torch_adams_state_whatever_the_weights_layout(layout):
-    """A checkpoint of the previous release (torch.optim.Adam's state, channels-last moments) goes
-    on as it would have, also into weights now laid out another way."""
-    reference = channels_last_weights()
+def test_the_dense_view_adam_resumes_torch_adams_state_whatever_the_weights_layout(source, layout):
+    """A checkpoint of the previous release (torch.optim.Adam's state, its moments laid out like
+    the weights it trained) goes on as it would have, also into weights now laid out another way
+    (where torch's fused kernel itself would read moment and weight in different orders)."""
+    def laid_out(weights, memory_format):
+        return [torch.nn.Parameter(w.detach().clone().contiguous(
+            memory_format=memory_format if w.dim() == 4 else torch.contiguous_format)) for w in weights]
+    reference = laid_out(channels_last_weights(), source)
     torch_adam = torch.optim.Adam(reference, lr=1e-2, betas=(0.5, 0.999), fused=True)
     adam_steps(reference, torch_adam, 3)
-    resumed = [torch.nn.Parameter(w.detach().clone().contiguous(memory_format=layout if w.dim() == 4 else
-                                                                torch.contiguous_format)) for w in reference]
+    resumed = laid_out(reference, layout)
     ours = gan_module.DenseViewAdam(resumed, lr=1e-2, betas=(0.5, 0.999), fused=True)
     ours.load_state_dict(copy.deepcopy(torch_adam.state_dict()))
     adam_steps(reference, torch_adam, 2, seed=11), adam_steps(resumed, ours, 2, seed=11)
