@@ -64,11 +64,14 @@ def adam(params, lr, device, scaled=False):
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=device.type == 'cuda' or None)
 
 
-def _dense(t):
-    """`t` itself, or where it is a channels-last 4-D tensor, its dense (N, H, W, C) view."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1)
-    return t
+def _channels_last_only(t):
+    """A 4-D tensor laid out channels-last and not also contiguous (as a 1x1 kernel would be)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _nhwc(t):
+    """The dense (N, H, W, C) view of a channels-last (N, C, H, W) tensor."""
+    return t.permute(0, 2, 3, 1)
 
 
 class DenseViewAdam(torch.optim.Adam):
@@ -81,22 +84,24 @@ class DenseViewAdam(torch.optim.Adam):
 
     def __init__(self, params, **kwargs):
         self.weights = list(params)
-        super().__init__([_dense(p.detach()) if _dense(p) is not p else p for p in self.weights], **kwargs)
+        self.viewed = [i for i, w in enumerate(self.weights) if _channels_last_only(w)]  # the weights seen as views
+        views = list(self.weights)
+        for i in self.viewed:
+            views[i] = _nhwc(self.weights[i].detach())
+        super().__init__(views, **kwargs)
         self.views = self.param_groups[0]['params']
 
     @torch.no_grad()
     def step(self, closure=None):
-        for weight, view in zip(self.weights, self.views):
-            if view is not weight:
-                grad = weight.grad
-                # The kernel reads the gradient's memory in the weight's order: same layout needed.
-                view.grad = None if grad is None else _dense(grad.contiguous(memory_format=torch.channels_last))
+        for i in self.viewed:
+            grad = self.weights[i].grad
+            # The kernel reads the gradient's memory in the weight's order: same layout needed.
+            self.views[i].grad = None if grad is None else _nhwc(grad.contiguous(memory_format=torch.channels_last))
         try:
             return super().step(closure)
         finally:
-            for weight, view in zip(self.weights, self.views):
-                if view is not weight:
-                    view.grad = None
+            for i in self.viewed:
+                self.views[i].grad = None
 
     def zero_grad(self, set_to_none=True):
         for weight in self.weights:
@@ -107,8 +112,8 @@ class DenseViewAdam(torch.optim.Adam):
 
     def state_dict(self):
         state = super().state_dict()
-        for i, (weight, view) in enumerate(zip(self.weights, self.views)):
-            if view is not weight and i in state['state']:
+        for i in self.viewed:
+            if i in state['state']:
                 state['state'][i] = {k: v.permute(0, 3, 1, 2) if torch.is_tensor(v) and v.dim() == 4 else v
                                      for k, v in state['state'][i].items()}
         return state
@@ -123,8 +128,8 @@ class DenseViewAdam(torch.optim.Adam):
 
     def _laid_out(self, moment, i):
         view = self.views[i]
-        if view is not self.weights[i]:
-            moment = moment.permute(0, 2, 3, 1)
+        if i in self.viewed:
+            moment = _nhwc(moment)
         return moment if moment.stride() == view.stride() else torch.empty_like(view).copy_(moment)
 
 
@@ -286,8 +291,7 @@ class ColorizationGAN:
         Returns the losses of both networks and D's scores."""
         L, ab = lab[:, :1], lab[:, 1:]
         with self.compute.autocast:
-            fake_ab = self.G_run(L)
-            fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+            fake_ab, fake = self.fake_batch(self.G_run, L)
             fake_in = fake.detach().requires_grad_()
             with batch_norm_replay(self.D) as replay_fake_batch:
                 fake_logits = self.D(fake_in)
@@ -309,10 +313,15 @@ class ColorizationGAN:
         torch.autograd.backward(self.scaler.scale(d_loss * share), inputs=list(self.D.parameters()))
         self.scaler.step(self.opt_d)
 
+    @staticmethod
+    def fake_batch(G, L):
+        """G's ab for lightness L, and the Lab batch D scores: (fake_ab, fake)."""
+        fake_ab = G(L)
+        return fake_ab, torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+
     def generator_losses(self, G, D, lab):
         L, ab = lab[:, :1], lab[:, 1:]
-        fake_ab = G(L)
-        fake = torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+        fake_ab, fake = self.fake_batch(G, L)
         fake_scores = D(fake)
         g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores)
         return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss

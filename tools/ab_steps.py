@@ -17,7 +17,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from options import RECIPES  # the flags are this checkout's; both commits parse them
+from bench import RECIPES  # the flags are this checkout's; both commits parse them
 
 # Run inside each checkout: build the step, then serve "N" (run N steps) with the seconds taken.
 WORKER = r'''
@@ -73,14 +73,13 @@ def checkout(commit, folder):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('old'), p.add_argument('new')
-    p.add_argument('--recipe', choices=('default', 'spectral'), default='default',
+    p.add_argument('--recipe', choices=tuple(RECIPES), default='default',
                    help="train.py's flags of the default run or of the reference's spectral-norm recipe")
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--precision', default='auto')
     p.add_argument('--windows', type=int, default=6)
     p.add_argument('--steps', type=int, default=10, help='steps per window')
     args = p.parse_args(argv)
-    recipe_flags = RECIPES[args.recipe] if args.recipe != 'default' else []
     with tempfile.TemporaryDirectory(prefix='ab-steps-') as tmp:
         workers = {}
         try:
@@ -88,7 +87,7 @@ def main(argv=None):
                 folder = os.path.join(tmp, name)
                 checkout(commit, folder)
                 workers[name] = subprocess.Popen([sys.executable, '-c', WORKER, str(args.batch_size), args.precision,
-                                                  *recipe_flags],
+                                                  *RECIPES[args.recipe]],
                                                  cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 print(f"{name} {commit}: {workers[name].stdout.readline().strip()}", flush=True)
             rates = {name: [] for name in workers}
