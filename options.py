@@ -1,5 +1,6 @@
 """The flags of a training run (train.py's command line): names, defaults, ranges and checks."""
 from checkpoints import STEP_CHECKPOINTS_KEPT
+from classifier import DEFAULT_PATH as CLASSIFIER_PATH
 from cli import OneLineArgumentParser, add_compute_flags, number_in
 from dataset import DATASETS
 from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
@@ -79,6 +80,10 @@ def training_parser():
                         'keep the faster of each (a few seconds; a resumed run reuses its checkpoint\'s choice on the '
                         'same machine); off: the fixed default forms, for runs that must match bit for bit (default: on)')
     p.add_argument('--seed', type=int, default=0, help='seeds weights, data order, flips and dropout (default: 0)')
+    p.add_argument('--classifier', default=CLASSIFIER_PATH, metavar='PATH|off',
+                   help="the scoring classifier whose semantic accuracy and feature distance (classifier FD) each "
+                        "epoch's validation reports, on CIFAR-10's classes at 32 px; off: none "
+                        "(default: weights/cifar10_classifier.safetensors)")
     return p
 
 

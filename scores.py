@@ -1,4 +1,5 @@
-"""How good a colorization is: the five measures test.py and validation report."""
+"""How good a colorization is, pixel by pixel and as a whole: the measures test.py and validation
+report (the classifier's measures are in classifier.py, FID in fid.py)."""
 import numpy as np
 
 from pictures import rgb_to_lab
@@ -14,9 +15,16 @@ def colorfulness(rgb_uint8):
     return std + 0.3 * mean
 
 
+def colorfulness_gap(colorfulness, truth_colorfulness):
+    """DeltaCF (DDColor, CT2): how far a set's mean colourfulness is from the true colours' mean,
+    either way; 0 is the truth's vividness, grey images score the truth's colourfulness."""
+    return abs(colorfulness - truth_colorfulness)
+
+
 class ColorizationScores:
     """Sums over batches the five measures of a colorization (mean |ab error| in network scale,
-    MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness); `result()` gives the means."""
+    MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness); `result()` gives the means
+    and the colourfulness gap."""
 
     def __init__(self):
         self.ab_error_sum = 0.0
@@ -55,5 +63,7 @@ class ColorizationScores:
             'nazeri_accuracy': self.accurate_pixels / self.pixels,
             'colorfulness': self.colorfulness_sum / self.images,
             'truth_colorfulness': self.truth_colorfulness_sum / self.images,
+            'colorfulness_gap': colorfulness_gap(self.colorfulness_sum / self.images,
+                                                 self.truth_colorfulness_sum / self.images),
             'images': self.images,
         }

@@ -1,8 +1,11 @@
 """Score trained generators on the CIFAR-10 test set or a folder's val/ images, with comparison grids.
 
 Every generator runs in eval mode over the whole test set. Scores: mean |ab error| in network
-scale, MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness; the no-color
-baseline (ab = 0) is scored alongside, and every score per class where the images have classes.
+scale, MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness and the colourfulness
+gap to the truth (DeltaCF); on CIFAR-10, what the scoring classifier still recognizes (semantic
+accuracy) and the Frechet distance of its features to the true colours' (classifier FD); with
+--fid, FID. The no-color baseline (ab = 0) is scored alongside, the true colours as the other
+bound, and every score per class where the images have classes.
 """
 import html
 import os
@@ -15,7 +18,9 @@ import torch
 from tqdm import tqdm
 
 import checkpoints
+import classifier
 import dataset
+import fid
 import pictures
 import provenance
 import published
@@ -26,6 +31,7 @@ from scores import ColorizationScores
 GRID_ROWS = 14
 CLASSES_PRINTED = 10
 BASELINE = 'no color (ab=0)'
+TRUTH = 'ground truth'
 
 
 def parse_args(argv=None):
@@ -57,8 +63,19 @@ def parse_args(argv=None):
     p.add_argument('--pick', type=number_in(int, 1), metavar='N',
                    help='with two checkpoints A and B: also draw the N test images where A beats B most, where B '
                         'beats A most, and where both struggle most, by per-image mean |ab error| (see README)')
+    p.add_argument('--classifier', default=classifier.DEFAULT_PATH, metavar='PATH|off',
+                   help='the scoring classifier for semantic accuracy and classifier FD (CIFAR-10 classes at 32 px '
+                        'only); off: skip them (default: weights/cifar10_classifier.safetensors)')
+    p.add_argument('--fid', action='store_true',
+                   help="also score FID against the true colour images (torchmetrics' Inception; slow on a CPU: "
+                        "about 6 GFLOP an image)")
+    p.add_argument('--fid_weights', metavar='PATH',
+                   help=f'the Inception weights for --fid ({fid.WEIGHTS_NAME}); default: torch\'s cache, '
+                        f'downloaded there once')
     add_compute_flags(p)
     args = p.parse_args(argv)
+    if args.fid_weights and not args.fid:
+        p.error("--fid_weights is for --fid: add --fid")
     n_checkpoints = len(args.checkpoints or published.PUBLISHED_GENERATORS)
     if args.labels and len(args.labels) != n_checkpoints:
         p.error(f"--labels has {len(args.labels)} names for {n_checkpoints} checkpoints")
@@ -91,33 +108,44 @@ def show_page(path):
         print(f"--show: no web browser was found; open {uri} in a browser")
 
 
-def format_table(results, truth_colorfulness, first_column=''):
-    header = f"{first_column:28s} {'mean|ab err|':>12s} {'MAE':>8s} {'PSNR dB':>8s} {'Nazeri acc':>10s} {'colorful':>9s}"
-    lines = [header]
+# The columns of the printed table: metrics key, title, width, format (values of a row that lacks a key are blank)
+TABLE_COLUMNS = (('mean_ab_error', 'mean|ab err|', 12, '{:12.4f}'), ('mae', 'MAE', 7, '{:7.3f}'),
+                 ('psnr', 'PSNR dB', 7, '{:7.3f}'), ('nazeri_accuracy', 'Nazeri', 6, '{:6.1%}'),
+                 ('colorfulness', 'colorful', 8, '{:8.2f}'), ('colorfulness_gap', 'dCF', 6, '{:6.2f}'),
+                 ('semantic_accuracy', 'sem.acc', 7, '{:7.1%}'), ('classifier_fd', 'clf FD', 7, '{:7.2f}'),
+                 ('fid', 'FID', 7, '{:7.2f}'))
+
+
+def format_table(results, first_column=''):
+    """One row per entry of `results` (the no-colour baseline, the generators, the ground truth);
+    a column shows only where some row has its score."""
+    columns = [c for c in TABLE_COLUMNS if any(c[0] in r for r in results.values())]
+    lines = [f"{first_column:28s}" + ''.join(f" {title:>{width}s}" for _, title, width, _ in columns)]
     for label, r in results.items():
-        lines.append(f"{label[:28]:28s} {r['mean_ab_error']:12.4f} {r['mae']:8.3f} {r['psnr']:8.3f} "
-                     f"{100 * r['nazeri_accuracy']:9.1f}% {r['colorfulness']:9.2f}")
-    lines.append(f"{'ground truth':28s} {'':12s} {'':8s} {'':8s} {'':10s} {truth_colorfulness:9.2f}")
+        lines.append(f"{label[:28]:28s}" + ''.join(f" {fmt.format(r[key])}" if key in r else ' ' * (width + 1)
+                                                   for key, _, width, fmt in columns))
     return '\n'.join(lines)
 
 
-def format_class_table(per_class, labels):
-    """Per class: each checkpoint's mean |ab error| and colorfulness, and the truth's colorfulness.
-    With many classes, the CLASSES_PRINTED best and worst by the first checkpoint's error."""
-    header = f"{'class':12s}" + ''.join(f" {label[:18]:>18s}" for label in labels) + f" {'truth':>8s}"
-    lines = [header, f"{'':12s}" + ' ' * len(labels) * 19 + ' (mean |ab error| / colorfulness)']
+def format_class_table(per_class, labels, cells=(('mean_ab_error', '{:.4f}'), ('colorfulness', '{:.2f}')), rows=None):
+    """Per class, for each of `labels` (default: every row of `per_class`), the `cells` scores
+    joined by '/'. With many classes, the CLASSES_PRINTED best and worst by the first label's
+    first score."""
+    width = max(18, 8 * len(cells))
+    header = f"{'class':12s}" + ''.join(f" {label[:width]:>{width}s}" for label in labels)
+    lines = [header, f"{'':12s} ({' / '.join(key for key, _ in cells)})"]
     names = list(per_class[labels[0]])
     if len(names) > 2 * CLASSES_PRINTED:
-        names.sort(key=lambda name: per_class[labels[0]][name]['mean_ab_error'])
+        names.sort(key=lambda name: per_class[labels[0]][name][cells[0][0]])
         names = names[:CLASSES_PRINTED] + [None] + names[-CLASSES_PRINTED:]
     for name in names:
         if name is None:
             lines.append(f"... {len(per_class[labels[0]]) - 2 * CLASSES_PRINTED} classes between "
                          f"(all in metrics.json and on the results page) ...")
             continue
-        cells = ''.join(f" {per_class[label][name]['mean_ab_error']:9.4f}/{per_class[label][name]['colorfulness']:8.2f}"
-                        for label in labels)
-        lines.append(f"{name:12s}{cells} {per_class[labels[0]][name]['truth_colorfulness']:8.2f}")
+        lines.append(f"{name:12s}" + ''.join(
+            ' ' + '/'.join(fmt.format(per_class[label][name][key]) if key in per_class[label][name] else '-'
+                           for key, fmt in cells).rjust(width) for label in labels))
     return '\n'.join(lines)
 
 
@@ -131,6 +159,14 @@ MEASURES = (  # metrics key, column title, format of the printed table, what it 
      'range of the truth (|dL| <= 2, |da|, |db| <= 4.4); higher is better'),
     ('colorfulness', 'colorfulness', '{:.2f}', 'Hasler and Suesstrunk (2003), per image, then averaged; '
      'closer to the ground truth is better'),
+    ('colorfulness_gap', 'ΔCF', '{:.2f}', "the colourfulness gap |CF(colorized) - CF(truth)| of the set's means "
+     '(DDColor, CT2); lower is better, grey images score the truth\'s colourfulness'),
+    ('semantic_accuracy', 'semantic accuracy', '{:.1%}', "top-1 of the scoring classifier (trained on CIFAR-10's "
+     'colour training images) on these images (Zhang et al. 2016); nearer the ground truth\'s is better'),
+    ('classifier_fd', 'classifier FD', '{:.2f}', "Fréchet distance between the scoring classifier's penultimate "
+     "features of these images and of the true colours; not FID (another network); lower is better"),
+    ('fid', 'FID', '{:.2f}', 'Fréchet Inception distance to the true colour images (torchmetrics, TF-FID Inception '
+     'at 299 px); compares only with FIDs of the same test set at the same size; lower is better'),
 )
 PAGE_STYLE = """body { font: 15px/1.45 sans-serif; margin: 24px; color: #222; }
 table { border-collapse: collapse; margin: 12px 0; }
@@ -143,24 +179,33 @@ figure { margin: 0; } figcaption { font-size: 13px; color: #555; max-width: 500p
 img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
 
 
-def write_results_page(path, results, labels, grid_paths, truth_colorfulness, precision, keep_dropout, per_class,
-                       picks=None, images_name='CIFAR-10 test images'):
-    """One self-contained HTML page: the metrics table, what each measure means, the per-class
-    table, the grids and the --pick pictures (linked by file name, so the page goes along with
-    the folder)."""
+def write_results_page(path, results, grid_paths, precision, keep_dropout, per_class, picks=None,
+                       images_name='CIFAR-10 test images', notes=()):
+    """One self-contained HTML page: the metrics table (the no-colour baseline, each generator and
+    the ground truth), what each measure means, a per-class table for each measure, the grids and
+    the --pick pictures (linked by file name, so the page goes along with the folder)."""
     esc = html.escape
-    head = ''.join(f'<th>{esc(title)}</th>' for _, title, _, _ in MEASURES)
-    rows = [f'<tr><td>{esc(label)}</td>' + ''.join(f'<td>{fmt.format(r[key])}</td>' for key, _, fmt, _ in MEASURES)
-            + '</tr>' for label, r in results.items()]
-    rows.append(f'<tr class="truth"><td>ground truth</td>{"<td></td>" * (len(MEASURES) - 1)}'
-                f'<td>{truth_colorfulness:.2f}</td></tr>')
-    class_head = ''.join(f'<th>{esc(label)}: mean |ab error|</th><th>{esc(label)}: colorfulness</th>' for label in labels)
-    class_rows = [f'<tr><td>{esc(name)}</td>' + ''.join(
-        f"<td>{per_class[label][name]['mean_ab_error']:.4f}</td><td>{per_class[label][name]['colorfulness']:.2f}</td>"
-        for label in labels) + f"<td>{per_class[BASELINE][name]['truth_colorfulness']:.2f}</td></tr>"
-        for name in per_class[BASELINE]]
-    meanings = ''.join(f'<dt>{esc(title)}</dt><dd>{esc(meaning)}</dd>' for _, title, _, meaning in MEASURES)
-    columns = esc(', '.join(['original', 'grayscale'] + labels))
+    measures = [m for m in MEASURES if any(m[0] in r for r in results.values())]
+    head = ''.join(f'<th>{esc(title)}</th>' for _, title, _, _ in measures)
+    rows = [f'<tr{" class=truth" if label == TRUTH else ""}><td>{esc(label)}</td>' + ''.join(
+        f'<td>{fmt.format(r[key]) if key in r else ""}</td>' for key, _, fmt, _ in measures) + '</tr>'
+        for label, r in results.items()]
+    meanings = ''.join(f'<dt>{esc(title)}</dt><dd>{esc(meaning)}</dd>' for _, title, _, meaning in measures)
+    class_tables = []
+    names = list(per_class.get(BASELINE, {}))
+    for key, title, fmt, _ in measures:
+        shown = [label for label in per_class if any(key in per_class[label][name] for name in names)]
+        if not shown:
+            continue
+        class_tables.append(f'<h3>{esc(title)}</h3><table><tr><th>class</th>'
+                            + ''.join(f'<th>{esc(label)}</th>' for label in shown) + '</tr>' + ''.join(
+                                f'<tr><td>{esc(name)}</td>' + ''.join(
+                                    f'<td>{fmt.format(per_class[label][name][key]) if key in per_class[label][name] else ""}</td>'
+                                    for label in shown)
+                                + '</tr>' for name in names) + '</table>')
+    generators = [label for label in results if label not in (BASELINE, TRUTH)]
+    columns = esc(', '.join(['original', 'grayscale'] + generators))
+
     def figure(picture, caption):
         height, width = cv2.imread(os.path.join(os.path.dirname(path), picture)).shape[:2]  # shown at twice their size
         name = esc(picture)
@@ -180,11 +225,10 @@ dropout {'on' if keep_dropout else 'off'} at test time.</p>
 <table><tr><th></th>{head}</tr>
 {chr(10).join(rows)}
 </table>
+{''.join(f'<p>{esc(note)}</p>' for note in notes)}
 <dl>{meanings}</dl>
 <h2>Per class</h2>
-<table><tr><th>class</th>{class_head}<th>ground truth: colorfulness</th></tr>
-{chr(10).join(class_rows)}
-</table>
+{''.join(class_tables)}
 <h2>Grids</h2>
 <div class="grids">{''.join(figures) or '<p>none drawn (--num_grids 0)</p>'}</div>
 {picked}
@@ -219,9 +263,11 @@ def load_generators(args, compute):
 
 class Scoring:
     """The scores of every generator and the baseline, overall and per class, and the pictures
-    the grids and --pick draw from, gathered batch by batch."""
+    the grids and --pick draw from, gathered batch by batch. `judge`: a classifier.ClassifierScores
+    that also sees the true colours, the grey images and each colorization (or None); `keep_sets`:
+    keep every set's images for FID."""
 
-    def __init__(self, labels, class_names, n_grid_images, keep_every_image):
+    def __init__(self, labels, class_names, n_grid_images, keep_every_image, judge=None, keep_sets=False):
         self.labels = labels
         self.class_names = class_names
         self.scores = {label: ColorizationScores() for label in [BASELINE] + labels}
@@ -232,6 +278,8 @@ class Scoring:
         self.keep_every_image = keep_every_image  # for --pick: each image's mean |ab error|, and its pictures
         self.image_errors = {label: [] for label in labels}
         self.every_column = []
+        self.judge = judge
+        self.sets = {label: [] for label in [TRUTH, BASELINE] + labels} if keep_sets else None
 
     def add(self, lab, truth, classes, predictions_ab):
         """`predictions_ab`: each generator's predicted ab for the batch, in label order."""
@@ -240,6 +288,7 @@ class Scoring:
         groups = [(self.class_names[c], classes == c, torch.from_numpy(classes == c).to(lab.device))
                   for c in np.unique(classes) if c >= 0]
         gray = pictures.network_to_rgb(L, torch.zeros_like(ab))
+        self._keep(TRUTH, truth, classes)
         predictions = []
         for label, fake_ab in [(BASELINE, None)] + list(zip(self.labels, predictions_ab)):
             if fake_ab is None:
@@ -252,16 +301,44 @@ class Scoring:
             self.scores[label].add(fake_ab, ab, rgb, truth)
             for name, members, picked in groups:
                 self.class_scores[label][name].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
+            self._keep(label, rgb, classes)
         for i in range(min(len(truth), self.n_grid_images - len(self.columns))):
             self.columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
         if self.keep_every_image:
             self.every_column.append(np.stack([truth, gray] + predictions, axis=1))
 
+    def _keep(self, label, rgb, classes):
+        if self.judge is not None:
+            self.judge.add(label, rgb, classes)
+        if self.sets is not None:
+            self.sets[label].append(rgb)
+
     def results(self):
+        """({row: scores}, {row: {class name: scores}}) for the baseline, each generator and the
+        ground truth (the truth's row holds what applies to it: colourfulness, and the
+        classifier's scores)."""
         results = {label: s.result() for label, s in self.scores.items()}
         per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
                      for label, by_class in self.class_scores.items()}
+        truth = {'colorfulness': results[BASELINE]['truth_colorfulness'], 'colorfulness_gap': 0.0}
+        results[TRUTH] = dict(truth, images=results[BASELINE]['images'])
+        per_class[TRUTH] = {name: {'colorfulness': r['truth_colorfulness'], 'colorfulness_gap': 0.0}
+                            for name, r in per_class[BASELINE].items()}
+        if self.judge is not None:
+            for label in results:
+                overall, by_class = self.judge.result(label)
+                results[label].update(overall)
+                for c, scores in by_class.items():
+                    if self.class_names[c] in per_class[label]:
+                        per_class[label][self.class_names[c]].update(scores)
         return results, per_class
+
+    def add_fid(self, results, weights_path, device):
+        """FID of the baseline and each generator against the true colours, into `results`."""
+        gathered = {label: np.concatenate(parts) for label, parts in self.sets.items()}
+        truth = gathered.pop(TRUTH)
+        for label, value in fid.fid_scores(truth, gathered, weights_path, device).items():
+            results[label]['fid'] = value
 
 
 def draw_grids(scoring, labels, save_path):
@@ -287,15 +364,29 @@ def draw_picks(scoring, labels, n, save_path):
     return picks
 
 
+def classifier_judge(args, test_set, image_size, device):
+    """(classifier.ClassifierScores or None, a note saying why there is none)."""
+    if args.classifier == 'off':
+        return None, 'semantic accuracy and classifier FD: off (--classifier off)'
+    if tuple(test_set.class_names) != dataset.CLASS_NAMES or image_size != 32:
+        return None, ("semantic accuracy and classifier FD: not scored, the scoring classifier knows CIFAR-10's "
+                      "ten classes at 32 px only")
+    model, metadata = classifier.load_classifier(args.classifier, device)
+    return classifier.ClassifierScores(model, truth=TRUTH, model_metadata=metadata), None
+
+
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
     compute = Compute.from_flags(args)
+    fid_weights = fid.weights_file(args.fid_weights) if args.fid else None  # offline and missing: fail before the work
     generators, labels, image_size = load_generators(args, compute)
     utils.check_writable_folder(args.save_path, '--save_path')
     test_set = dataset.open_split(args.dataset, args.data_path, False, image_size, args.num_workers,
                                   pin_memory=compute.device.type == 'cuda')
-    scoring = Scoring(labels, test_set.class_names, args.num_grids * GRID_ROWS, keep_every_image=bool(args.pick))
+    judge, judge_note = classifier_judge(args, test_set, image_size, compute.device)
+    scoring = Scoring(labels, test_set.class_names, args.num_grids * GRID_ROWS, keep_every_image=bool(args.pick),
+                      judge=judge, keep_sets=args.fid)
     batches = test_set.batches(args.batch_size, device=compute.device, with_rgb=True)
     for idx, lab, truth in tqdm(batches, total=test_set.num_batches(args.batch_size), desc='colorize',
                                 dynamic_ncols=True):
@@ -306,24 +397,38 @@ def main(argv=None):
     picks = draw_picks(scoring, labels, args.pick, args.save_path) if args.pick else {}
 
     results, per_class = scoring.results()
-    truth_colorfulness = results[BASELINE]['truth_colorfulness']
-    print(format_table(results, truth_colorfulness))
+    if args.fid:
+        scoring.add_fid(results, fid_weights, compute.device)
+    notes = [judge_note] if judge_note else []
+    print(format_table(results))
+    for note in notes:
+        print(note)
     if args.per_class and per_class[BASELINE]:
         print(format_class_table(per_class, labels))
+        if judge is not None:
+            print(format_class_table(per_class, [BASELINE] + labels + [TRUTH],
+                                     (('colorfulness_gap', '{:.1f}'), ('semantic_accuracy', '{:.0%}'),
+                                      ('classifier_fd', '{:.1f}'))))
     images_name = 'CIFAR-10 test images' if args.dataset == 'cifar10' else f'val/ images of {args.data_path}'
+    truth_colorfulness = results[TRUTH]['colorfulness']
     metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, args.checkpoints)},
-               'baseline': results[BASELINE], 'truth_colorfulness': truth_colorfulness, 'per_class': per_class,
-               'images': results[BASELINE]['images'], 'precision': compute.precision,
+               'baseline': results[BASELINE], 'truth': results[TRUTH], 'truth_colorfulness': truth_colorfulness,
+               'per_class': per_class, 'images': results[BASELINE]['images'], 'precision': compute.precision,
                'keep_dropout': args.keep_dropout, 'dataset': args.dataset, 'image_size': image_size,
                'provenance': provenance.provenance()}
+    if judge is not None:
+        metrics['classifier'] = {'path': args.classifier, **{k: v for k, v in judge.model_metadata.items()
+                                                              if k in ('test_top1', 'command', 'seed', 'date')}}
+    if args.fid:
+        metrics['fid_weights'] = fid_weights
     if picks:
         metrics['picks'], metrics['pick_rule'] = picks, PICK_RULE
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
     print(f"wrote {len(grid_paths)} grids{f', {len(picks)} pictures of picked images' if picks else ''} "
           f"and metrics.json to {args.save_path}")
     page_path = os.path.join(args.save_path, 'index.html')
-    write_results_page(page_path, results, labels, grid_paths, truth_colorfulness, compute.precision,
-                       args.keep_dropout, per_class, picks, images_name)
+    write_results_page(page_path, results, grid_paths, compute.precision, args.keep_dropout, per_class, picks,
+                       images_name, notes)
     print(f"wrote the results page {page_path}")
     if args.show:
         show_page(page_path)

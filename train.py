@@ -18,10 +18,11 @@ import torch
 from tqdm import tqdm
 
 import checkpoints
+import classifier
+import curves
 import dataset
 import distributed
 import pictures
-import plot
 import provenance
 import scores
 import utils
@@ -50,6 +51,8 @@ class Run:
     skipped: int = 0
     spent: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     last_logged: float = 0.0  # when the last --log_steps row was written, for images/s
+    judge: object = None  # classifier.ClassifierScores of the test set, or None where it does not apply
+    judge_bounds: dict = None  # its scores of the true and the grey validation images, judged once
 
     @property
     def log_path(self):
@@ -148,7 +151,18 @@ def set_up(args, compute, procs):
                                  enabled=args.tensorboard == 'on' and procs.is_main,
                                  resume_step=step if resume_path else None)
     return Run(args, compute, procs, gan, train_set, test_set, layer_forms, tensorboard, made_by, first_epoch,
-               first_batch, step, first_step=step, spent=spent, last_logged=time.time())
+               first_batch, step, first_step=step, spent=spent, last_logged=time.time(),
+               judge=scoring_judge(args, test_set, compute.device) if procs.is_main else None)
+
+
+def scoring_judge(args, test_set, device):
+    """The scoring classifier's judge of the validation images, where they are CIFAR-10's classes
+    at 32 px and --classifier is not off; it is loaded before the first step, so that a missing
+    file stops the run at once."""
+    if args.classifier == 'off' or args.image_size != 32 or tuple(test_set.class_names) != dataset.CLASS_NAMES:
+        return None
+    model, metadata = classifier.load_classifier(args.classifier, device)
+    return classifier.ClassifierScores(model, truth='truth', model_metadata=metadata)
 
 
 def find_resume_path(args):
@@ -295,21 +309,23 @@ def end_epoch(run, epoch, outcome, stopping):
     if procs.is_main:
         started = time.time()
         G_eval = run.gan.eval_generator(run.train_set)
-        val_sums, val_colorfulness, grid_rows = validate(run, G_eval)
+        val_sums, colour_scores, grid_rows = validate(run, G_eval)
         val_seconds = time.time() - started
         run.spent['validation'] += val_seconds
         val_m = summarize(val_sums)
         print(summary_line(epoch, 'val', val_m, val_seconds))
+        print(colour_line(epoch, colour_scores))
         started = time.time()
         grid_path = os.path.join(args.samples_path, f'epoch_{epoch:03d}.png')
         grid = pictures.image_grid(grid_rows, border=6, scale=2.2)
         pictures.write_image(grid_path, grid)
-        for phase, m, seconds, colorfulness in (('train', train_m, outcome.seconds, ''),
-                                                ('val', val_m, val_seconds, round(val_colorfulness, 4))):
+        logged_scores = {key: round(colour_scores[key], 4) if key in colour_scores else '' for key in COLOUR_COLUMNS}
+        for phase, m, seconds, columns in (('train', train_m, outcome.seconds, dict.fromkeys(COLOUR_COLUMNS, '')),
+                                           ('val', val_m, val_seconds, logged_scores)):
             utils.append_csv_row(run.log_path, dict(epoch=epoch, step=run.step, phase=phase, **m,
                                                     seconds=round(seconds, 2), skipped_steps=run.skipped,
-                                                    **run.gan.learning_rates(), colorfulness=colorfulness))
-        log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid)
+                                                    **run.gan.learning_rates(), **columns))
+        log_epoch_to_tensorboard(run, val_m, colour_scores, grid)
         # The curves are drawn while the checkpoint is written, which waits on the disk.
         curves = threading.Thread(target=draw_curves, args=(args.save_path,), daemon=True)
         curves.start()
@@ -326,11 +342,13 @@ def end_epoch(run, epoch, outcome, stopping):
     procs.barrier()
 
 
-def log_epoch_to_tensorboard(run, val_m, val_colorfulness, grid):
-    values = dict({k: v for k, v in val_m.items() if k != 'images'}, colorfulness=val_colorfulness)
+def log_epoch_to_tensorboard(run, val_m, colour_scores, grid):
+    colour = {key: colour_scores[key] for key in COLOUR_COLUMNS if key in colour_scores}
+    values = dict({k: v for k, v in val_m.items() if k != 'images'}, **colour)
     run.tensorboard.scalars(run.step, values, 'val')
     run.tensorboard.image('samples', grid, run.step)
-    run.tensorboard.hparams(run.args, {'hparam/val_g_l1': val_m['g_l1'], 'hparam/val_colorfulness': val_colorfulness})
+    run.tensorboard.hparams(run.args, {'hparam/val_g_l1': val_m['g_l1'],
+                                       **{f'hparam/val_{key}': value for key, value in colour.items()}})
     run.tensorboard.flush()
     # The epoch's first --log_steps window starts after validation, not before it.
     run.last_logged = time.time()
@@ -351,28 +369,53 @@ def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path):
     print(f"saved {path}, {weights} and {grid_path}")
 
 
+# The validation's colour scores, as log.csv's columns (blank in training rows)
+COLOUR_COLUMNS = ('colorfulness', 'colorfulness_gap', 'semantic_accuracy', 'classifier_fd')
+
+
 @torch.no_grad()
 def validate(run, G_eval):
     """Losses and accuracies over the test set (or its first --val_batches batches) in eval mode,
-    the mean colorfulness of the recolored images, and the sample grid rows of the first batch."""
-    args, test_set = run.args, run.test_set
+    the colour scores of the recolored images (colourfulness and its gap to the truth's; with
+    the scoring classifier, semantic accuracy and classifier FD, and the same of the grey and the
+    true images, which are judged once and kept), and the sample grid rows of the first batch."""
+    args, test_set, judge = run.args, run.test_set, run.judge
     sums = torch.zeros(len(STAT_NAMES), device=run.compute.device)
-    colorfulness_sum, images, grid_rows = 0.0, 0, None
+    colorfulness_sum = truth_colorfulness_sum = 0.0
+    images, grid_rows = 0, None
+    judge_bounds = judge is not None and 'truth' not in judge.features
     total = min(test_set.num_batches(args.batch_size), args.val_batches or float('inf'))
     batches = test_set.batches(args.batch_size, device=run.compute.device, with_rgb=True)
-    for i, (_, lab, truth) in enumerate(tqdm(batches, total=total, desc='validate', leave=False, dynamic_ncols=True)):
+    for i, (idx, lab, truth) in enumerate(tqdm(batches, total=total, desc='validate', leave=False, dynamic_ncols=True)):
         if i >= total:
             break
         batch_sums, fake_ab = run.gan.evaluate(G_eval, lab)
         sums += batch_sums
         L = lab[:, :1]
         fake_rgb = pictures.network_to_rgb(L, fake_ab)
+        gray = pictures.network_to_rgb(L, torch.zeros_like(fake_ab))
         colorfulness_sum += float(scores.colorfulness(fake_rgb).sum())
+        truth_colorfulness_sum += float(scores.colorfulness(truth).sum())
         images += len(fake_rgb)
+        if judge is not None:
+            classes = test_set.labels[idx.numpy()]
+            judge.add('colorized', fake_rgb, classes)
+            if judge_bounds:
+                judge.add('truth', truth, classes)
+                judge.add('grey', gray, classes)
         if grid_rows is None:
-            grid_rows = [truth[:20], pictures.network_to_rgb(L[:20], torch.zeros_like(lab[:20, 1:])), fake_rgb[:20]]
+            grid_rows = [truth[:20], gray[:20], fake_rgb[:20]]
     report_skipped_files(test_set, 'validation')
-    return sums, colorfulness_sum / max(images, 1), grid_rows
+    colorfulness, truth_colorfulness = colorfulness_sum / max(images, 1), truth_colorfulness_sum / max(images, 1)
+    colour = {'colorfulness': colorfulness, 'colorfulness_gap': scores.colorfulness_gap(colorfulness, truth_colorfulness),
+              'truth_colorfulness': truth_colorfulness}
+    if judge is not None:
+        colour.update(judge.result('colorized')[0])
+        if judge_bounds:
+            run.judge_bounds = {name: judge.result(name)[0] for name in ('truth', 'grey')}
+        colour['bounds'] = run.judge_bounds
+        judge.forget('colorized')
+    return sums, colour, grid_rows
 
 
 # ---------------------------------------------------------------- what the run prints
@@ -383,9 +426,22 @@ def summary_line(epoch, phase, m, seconds):
             f"{m['images']} images, {seconds:.0f} s, {m['images'] / max(seconds, 1e-9):.0f} img/s")
 
 
+def colour_line(epoch, colour):
+    """The validation's colour scores, with the true and the grey images' beside them."""
+    line = (f"[epoch {epoch} val  ] colorfulness {colour['colorfulness']:.2f} (truth {colour['truth_colorfulness']:.2f}), "
+            f"gap {colour['colorfulness_gap']:.2f}")
+    if 'semantic_accuracy' in colour:
+        truth, grey = colour['bounds']['truth'], colour['bounds']['grey']
+        line += (f" | semantic accuracy {100 * colour['semantic_accuracy']:.1f}% (true colours "
+                 f"{100 * truth['semantic_accuracy']:.1f}%, grey {100 * grey['semantic_accuracy']:.1f}%)")
+        if 'classifier_fd' in colour:
+            line += f" | classifier FD {colour['classifier_fd']:.2f} (grey {grey['classifier_fd']:.2f})"
+    return line
+
+
 def draw_curves(save_path):
     try:
-        plot.draw_curves(save_path)
+        curves.draw_curves(save_path)
     except Exception as e:  # a picture is not worth a training run
         print(f"warning: could not draw {save_path}/curves.png ({e})", file=sys.stderr)
 

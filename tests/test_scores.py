@@ -34,3 +34,18 @@ def test_scores_of_a_perfect_and_of_a_known_prediction():
     assert r['mae'] == pytest.approx(np.abs(diff).mean())
     assert r['psnr'] == pytest.approx(np.mean(10 * np.log10(255 ** 2 / (diff ** 2).mean(axis=(1, 2, 3)))))
     assert r['mean_ab_error'] == pytest.approx(0.5)
+
+
+def test_the_colourfulness_gap_is_the_distance_of_the_means_either_way():
+    rgb = random_images(6)
+    gray = np.repeat(rgb[..., :1], 3, axis=-1)
+    ab = torch.zeros(6, 2, 32, 32)
+    s = scores.ColorizationScores()
+    s.add(ab, ab, gray, rgb)
+    r = s.result()
+    assert r['colorfulness'] == pytest.approx(0, abs=1e-9)
+    assert r['colorfulness_gap'] == pytest.approx(scores.colorfulness(rgb).mean())  # grey scores the truth's CF
+    louder = scores.ColorizationScores()
+    louder.add(ab, ab, rgb, gray)  # the truth grey, the prediction colourful: the gap counts as well
+    assert louder.result()['colorfulness_gap'] == pytest.approx(r['colorfulness_gap'])
+    assert scores.colorfulness_gap(20.0, 33.5) == scores.colorfulness_gap(47.0, 33.5) == pytest.approx(13.5)
