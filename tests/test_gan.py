@@ -341,3 +341,24 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
     sums = gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
     assert torch.isfinite(sums).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, gan.D.parameters()))
+
+
+def test_moments_saved_with_channels_last_load_into_contiguous_weights_under_torchs_adam():
+    """The CUDA path's optimizer (torch's own Adam, fused) meeting a checkpoint of a CPU run,
+    whose weights and moments were channels-last: the moments take the weights' layout."""
+    lab = fixed_batch(4)
+    cpu_run = ColorizationGAN(parse_training_args(['--channels_last', 'on']))
+    cpu_run.step(lab.contiguous(memory_format=torch.channels_last), 1)
+    saved = cpu_run.opt_g.state_dict()
+    assert any(v.dim() == 4 and not v.is_contiguous() for s in saved['state'].values() for v in s.values())
+    gpu_like = contiguous_gan()
+    opt = gan_module.LaidOutAdam(gpu_like.G.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=True)
+    opt.load_state_dict(saved)
+    for p in gpu_like.G.parameters():
+        for key in ('exp_avg', 'exp_avg_sq'):
+            assert opt.state[p][key].stride() == p.stride(), key
+    for (i, s), p in zip(saved['state'].items(), gpu_like.G.parameters()):
+        assert torch.equal(opt.state[p]['exp_avg'], s['exp_avg'])  # the same numbers, laid out anew
+    for p in gpu_like.G.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # and the fused kernel takes them
