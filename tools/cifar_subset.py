@@ -8,7 +8,6 @@ and batches.meta: 6,000 images are 27 MB (pickle protocol 2, as the official fil
 40 MB is allowed (about 8,500 images), so
 that the folder can travel with a repository to a machine that has no copy of CIFAR-10.
 """
-import argparse
 import os
 import pickle
 import sys
@@ -16,6 +15,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cli import OneLineArgumentParser  # noqa: E402
 from dataset import CIFAR_FOLDER, CLASS_NAMES, TEST_FILES, TRAIN_FILES, find_cifar_folder, read_batch_file  # noqa: E402
 
 LIMIT_BYTES = 40_000_000
@@ -46,7 +46,7 @@ def first_images(folder, files, n):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='cifar_subset.py', description=__doc__.split('\n\n')[0])
+    p = OneLineArgumentParser(prog='cifar_subset.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--data_path', default='../shared/data', help='where cifar-10-batches-py is (default: ../shared/data)')
     p.add_argument('--out', default='.gpu_data', help='the folder to write into (default: .gpu_data)')
     p.add_argument('--train', type=int, default=5000, help='training images, a multiple of 5 (default: 5000)')
