@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import pictures
 import utils
-from cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, number_in, run_cli
+from cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, gpu_description,
+                 number_in, run_cli)
 from dataset import DATASETS, LabImages, load_split
 from folders import FolderImages
 from gan import ColorizationGAN, learning_rate, use_channels_last
@@ -80,6 +81,7 @@ def parse_args(argv=None):
                    help=f"with --dataset folder: the loader is timed with each of these numbers of DataLoader "
                         f"workers (default: {' '.join(map(str, LOADER_WORKERS))})")
     add_compute_flags(p)
+    p.add_argument('--tf32', choices=('on', 'off'), default='on', help="as train.py's (default: on)")
     p.add_argument('--channels_last', choices=('auto', 'on', 'off'), default='auto')
     p.add_argument('--autotune', choices=('on', 'off'), default='on', help="as train.py's (default: on)")
     p.add_argument('--json', metavar='FILE', help='also write the results as JSON')
@@ -117,6 +119,9 @@ def timed_rates(runs, images_per_call, device, windows, seconds):
     about seconds / windows of work, sized from the warm-up."""
     calls = {}
     for name, run_once in runs.items():
+        for _ in range(3 if device.type == 'cuda' else 0):  # CUDA: kernels chosen, memory pooled
+            run_once()
+        sync(device)
         start = time.perf_counter()
         for _ in range(2):
             run_once()
@@ -125,12 +130,42 @@ def timed_rates(runs, images_per_call, device, windows, seconds):
     rates = {name: [] for name in runs}
     for _ in range(windows):
         for name, run_once in runs.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                run_once()
-            sync(device)
-            rates[name].append(calls[name] * images_per_call / (time.perf_counter() - start))
+            with WindowTimer(device) as elapsed:
+                for _ in range(calls[name]):
+                    run_once()
+            rates[name].append(calls[name] * images_per_call / elapsed())
     return {name: statistics.median(r) for name, r in rates.items()}
+
+
+class WindowTimer:
+    """The block's seconds, as the value the `with` gives a function for: on CUDA between two
+    events on the stream (the GPU's own clock), elsewhere the host's clock after a sync."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            sync(self.device)
+            self.started = time.perf_counter()
+        return self.seconds
+
+    def __exit__(self, *exc):
+        if self.device.type == 'cuda':
+            self.end.record()
+            self.end.synchronize()
+        else:
+            sync(self.device)
+            self.ended = time.perf_counter()
+        return False
+
+    def seconds(self):
+        if self.device.type == 'cuda':
+            return self.start.elapsed_time(self.end) / 1000
+        return self.ended - self.started
 
 
 def endless_batches(images, batch_size, device, memory_format):
@@ -196,7 +231,7 @@ def write_pngs(rgb, folder):
         cv2.imwrite(os.path.join(folder, f'{i:05d}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
-def reference_step(flags, batch_size, png_folder, num_workers):
+def reference_step(flags, batch_size, png_folder, num_workers, device=torch.device('cpu')):
     """The reference's training step as the reference takes it: fp32, contiguous tensors, the
     library's layers and dropout, a sigmoid and BCE on probabilities, the discriminator's weight
     gradients computed (and thrown away) in the generator's step, PyTorch's default Adam, fed by
@@ -208,6 +243,7 @@ def reference_step(flags, batch_size, png_folder, num_workers):
         init_weights(G), init_weights(D)
     for block in (G.up1, G.up2):  # the library's dropout, as the reference used
         block.model[3] = nn.Dropout(block.model[3].p)
+    G.to(device), D.to(device)  # on a GPU, as the reference ran there: batches copied in each step
     D_probability = nn.Sequential(D, nn.Sigmoid())
     opt_g = torch.optim.Adam(G.parameters(), lr=args.base_lr_gen, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.base_lr_disc, betas=(0.5, 0.999))
@@ -218,7 +254,7 @@ def reference_step(flags, batch_size, png_folder, num_workers):
     step = itertools.count(1)
 
     def run_once():
-        lab = next(batches)
+        lab = next(batches).to(device)
         number = next(step)
         for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
             for group in opt.param_groups:
@@ -273,22 +309,37 @@ def native_stderr_silenced():
             os.close(saved)
 
 
-def step_profile(run_once, steps=4):
-    """{'outside_products': share of the step's self CPU time outside matrix products and
-    convolutions, 'copies': share in aten::copy_} over `steps` profiled steps."""
+def step_profile(run_once, steps=4, device=torch.device('cpu')):
+    """{'outside_products': share of the step's self time outside matrix products and
+    convolutions, 'copies': share in aten::copy_} over `steps` profiled steps: CPU time on a
+    CPU; on CUDA the GPU's kernel time (each operator's kernels counted under it)."""
     from torch.profiler import ProfilerActivity, profile
-    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    on_gpu = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with native_stderr_silenced(), profile(activities=activities) as prof:
         for _ in range(steps):
             run_once()
-    times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
-    total = sum(times.values()) or 1.0
-    return {'outside_products': 1 - sum(t for k, t in times.items() if k in PRODUCT_OPS) / total,
-            'copies': times.get('aten::copy_', 0.0) / total}
+        sync(device)
+    events = prof.key_averages()
+    if not on_gpu:
+        times = {e.key: e.self_cpu_time_total for e in events}
+        total = sum(times.values()) or 1.0
+        return {'outside_products': 1 - sum(t for k, t in times.items() if k in PRODUCT_OPS) / total,
+                'copies': times.get('aten::copy_', 0.0) / total}
+    # Kernels are events of their own (device type CUDA); operators carry their kernels' time.
+    total = sum(e.self_device_time_total for e in events if e.device_type.name == 'CUDA') or 1.0
+    inclusive = {e.key: e.device_time_total for e in events if e.device_type.name == 'CPU'}
+    products = sum(inclusive.get(k, 0.0) for k in ('aten::convolution', 'aten::convolution_backward', 'aten::mm',
+                                                   'aten::addmm', 'aten::bmm'))
+    return {'outside_products': max(0.0, 1 - products / total), 'copies': inclusive.get('aten::copy_', 0.0) / total}
 
 
 def matmul_peak(device, precision, n=4096, calls=5):
-    """The best rate of `calls` single n x n products after one warm-up: a peak, not a typical rate."""
+    """The best rate of `calls` single n x n products after one warm-up: a peak, not a typical rate.
+    On CUDA, bf16 products of 8192 (the GPU's tensor-core peak, whatever the run's precision)."""
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision, torch.float32)
+    if device.type == 'cuda':
+        dtype, n, calls = torch.bfloat16, 8192, 20
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     rates = []
@@ -366,7 +417,9 @@ def print_rows(rows, baseline):
 
 
 def machine_line(results):
-    return (f"cpu {results['cpu']}; device {results['device']}, precision {results['precision']}, "
+    gpu = f" ({results['gpu']})" if results.get('gpu') else ''
+    tf32 = f", tf32 {results['tf32']}" if results.get('gpu') else ''
+    return (f"cpu {results['cpu']}; device {results['device']}{gpu}, precision {results['precision']}{tf32}, "
             f"channels-last {'on' if results['channels_last'] else 'off'}, torch {results['torch']}, "
             f"{results['threads']} threads")
 
@@ -378,7 +431,8 @@ def main(argv=None):
     compute = Compute.from_flags(args)
     device, precision = compute.device, compute.precision
     channels_last = use_channels_last(args.channels_last, device)
-    results = {'device': str(device), 'cpu': cpu_description(), 'precision': precision,
+    results = {'device': str(device), 'cpu': cpu_description(), 'precision': precision, 'tf32': args.tf32,
+               'gpu': gpu_description(device) if device.type == 'cuda' else None,
                'channels_last': channels_last, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
                'dataset': args.dataset, 'image_size': args.image_size}
     if args.dataset == 'folder':
@@ -405,13 +459,14 @@ def main(argv=None):
                 print(f"  {name} batch {batch_size}: {forms_line}", file=sys.stderr)
                 runs = {'project': train_once}
                 if args.baseline:
-                    runs['reference'] = reference_step(flags, batch_size, png_folder, args.num_workers)
+                    runs['reference'] = reference_step(flags, batch_size, png_folder, args.num_workers, device)
                 rates = timed_rates(runs, batch_size, device, args.windows, args.seconds)
                 train_rate = rates['project']
                 infer_rate = timed_rates({'infer': infer}, batch_size, device, args.windows, args.seconds / 3)['infer']
                 row = {'recipe': name, 'batch_size': batch_size, 'train_images_per_s': train_rate,
                        'inference_images_per_s': infer_rate, 'flops_per_train_image': flops,
-                       'mfu': train_rate * flops / peak, 'layer_forms': forms_line, **step_profile(train_once)}
+                       'mfu': train_rate * flops / peak, 'layer_forms': forms_line,
+                       **step_profile(train_once, device=device)}
                 if args.baseline:
                     row['reference_images_per_s'] = rates['reference']
                     row['ratio'] = train_rate / rates['reference']
@@ -424,7 +479,7 @@ def main(argv=None):
     print(machine_line(results))
     if 'load_seconds' in results:
         print(f"load and convert {results['load_images']} images: {results['load_seconds']:.2f} s")
-    print(f"matrix-multiply peak ({precision}): {peak / 1e9:.0f} GFLOP/s")
+    print(f"matrix-multiply peak ({'bf16' if device.type == 'cuda' else precision}): {peak / 1e9:.0f} GFLOP/s")
     print_rows(rows, args.baseline)
     if args.json:
         utils.write_json(args.json, results)
@@ -458,7 +513,8 @@ def bench_folder(args, compute, channels_last, results):
             infer_rate = timed_rates({'infer': infer}, batch_size, device, args.windows, args.seconds / 3)['infer']
             rows.append({'recipe': name, 'batch_size': batch_size, 'train_images_per_s': train_rate,
                          'inference_images_per_s': infer_rate, 'flops_per_train_image': flops,
-                         'mfu': train_rate * flops / peak, 'layer_forms': forms_line, **step_profile(train_once)})
+                         'mfu': train_rate * flops / peak, 'layer_forms': forms_line,
+                       **step_profile(train_once, device=device)})
             print(f"  {name} batch {batch_size}: {train_rate:.1f} img/s training, {infer_rate:.0f} inference",
                   file=sys.stderr)
     del pools
@@ -487,7 +543,7 @@ def bench_folder(args, compute, channels_last, results):
     print(machine_line(results))
     print(f"folder {args.data_path}: {len(train_set)} training images, listed in {results['list_seconds']:.2f} s; "
           f"{size}x{size} images and networks")
-    print(f"matrix-multiply peak ({precision}): {peak / 1e9:.0f} GFLOP/s")
+    print(f"matrix-multiply peak ({'bf16' if device.type == 'cuda' else precision}): {peak / 1e9:.0f} GFLOP/s")
     print("the step, fed with batches decoded in advance:")
     print_rows(rows, False)
     print(f"the loader alone (decode, crop, flip, Lab; in training its workers share the {os.cpu_count()} cores "

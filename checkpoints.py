@@ -126,12 +126,13 @@ def clear_torn_writes(save_path):
 # ---------------------------------------------------------------- the training checkpoint
 
 def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_forms, G_eval=None,
-                        provenance=None):
+                        provenance=None, gpu_rng_states=None):
     """Everything a resumed run needs, as one dict. `G_eval`: the generator just validated, with
     exact batch-norm statistics; without it (mid-epoch saves, Ctrl-C) the generator is the
     averaged weights with training's running statistics, which loading for use recomputes.
     `rng_states`: every process's random state, the first process's first; `provenance`: what made
-    the run (provenance.py)."""
+    the run (provenance.py); `gpu_rng_states`: every process's GPU random state, in the same
+    order, where the run is on GPUs (saved as `rng_cuda`, a list even for one process)."""
     state = gan.state_dict()
     state.update({
         'generator': G_eval.state_dict() if G_eval is not None else gan.generator_with_running_statistics(),
@@ -140,6 +141,8 @@ def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_
         'rng': rng_states[0], 'rng_per_process': rng_states if len(rng_states) > 1 else None,
         'layer_forms': layer_forms, 'provenance': provenance,
     })
+    if gpu_rng_states and all(t is not None for t in gpu_rng_states):
+        state['rng_cuda'] = list(gpu_rng_states)
     return state
 
 

@@ -78,9 +78,12 @@ class Compute:
 
     @classmethod
     def from_flags(cls, args, device=None):
-        """From --device and --precision (or an already chosen `device`, such as a torchrun process's GPU)."""
+        """From --device, --precision and --tf32 (or an already chosen `device`, such as a
+        torchrun process's GPU). TF32 is set here, for the whole process, on CUDA only."""
         device = device or pick_device(args.device)
-        return cls(device, resolve_precision(args.precision, device))
+        precision = resolve_precision(args.precision, device)
+        set_tf32(device, getattr(args, 'tf32', 'on'))
+        return cls(device, precision)
 
 
 def pick_device(name='auto'):
@@ -112,6 +115,35 @@ def cpu_has_native_bf16():
         return False
 
 
+def cuda_has_native_bf16(device):
+    """Compute capability 8.0 (Ampere) and later run bf16 in their tensor cores. Older GPUs (V100,
+    T4) emulate it, which torch.cuda.is_bf16_supported() counts as support."""
+    import torch
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def gpu_description(device):
+    """'NVIDIA H200 (compute capability 9.0)': for speed figures and refusals."""
+    import torch
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+
+
+def set_tf32(device, choice):
+    """--tf32 on|off: whether fp32 matrix products and convolutions on CUDA may round their inputs
+    to TF32 (10-bit mantissa; Ampere and later). Torch's own defaults differ between the two and
+    between versions, so it is always set explicitly. Not touched on other devices."""
+    if device.type != 'cuda':
+        return
+    import torch
+    precision = 'tf32' if choice == 'on' else 'ieee'
+    if hasattr(torch.backends.cuda.matmul, 'fp32_precision'):  # torch 2.9 and later
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = choice == 'on'
+
+
 def cpu_description():
     """'AMD EPYC 7B13 (AVX2, no native bf16)': the CPU's name and the instruction set PyTorch
     uses on it, for every speed figure printed, since figures from other CPUs do not compare."""
@@ -129,8 +161,13 @@ def cpu_description():
 
 def resolve_precision(precision, device):
     """'auto' -> bf16 where the hardware runs it natively, else fp32. An explicit bf16 on a CPU
-    without native bf16 is refused at once: oneDNN would emulate it about 65x slower than fp32."""
+    without native bf16 is refused at once: oneDNN would emulate it about 65x slower than fp32;
+    so is bf16 on a GPU older than compute capability 8.0, which emulates it too."""
     if precision != 'auto':
+        if precision == 'bf16' and device.type == 'cuda' and not cuda_has_native_bf16(device):
+            raise UserError(f"--precision bf16: this GPU, {gpu_description(device)}, has no native bf16 (compute "
+                            f"capability 8.0, Ampere, and later have it), so bf16 would be emulated and slow; use "
+                            f"--precision fp16, fp32 or auto")
         if precision == 'fp16' and device.type == 'cpu':
             raise UserError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
         if precision == 'bf16' and device.type == 'cpu' and not cpu_has_native_bf16():
@@ -139,7 +176,7 @@ def resolve_precision(precision, device):
                             f"(a training step of minutes); use --precision fp32 or auto")
         return precision
     import torch
-    if device.type == 'cuda' and torch.cuda.is_bf16_supported():
+    if device.type == 'cuda' and cuda_has_native_bf16(device):
         return 'bf16'
     if device.type == 'cpu' and cpu_has_native_bf16():
         return 'bf16'

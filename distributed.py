@@ -125,14 +125,30 @@ def process_seed(seed, rank, step):
     return seed + 1_000_003 * rank + 7919 * step
 
 
-def restore_random_state(ckpt, procs, seed):
+def random_states(device):
+    """(the CPU's random state, `device`'s where it is a GPU, else None): every generator a
+    process draws from (dropout on a GPU draws from the GPU's)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == 'cuda' else None
+
+
+def restore_random_state(ckpt, procs, seed, device=None):
     """Each process's own dropout random state where the checkpoint has one for it (the same
-    number of processes); otherwise the first process's, and fresh ones for the others."""
+    number of processes); otherwise the first process's, and fresh ones for the others. On a GPU
+    the same for its generator; a checkpoint without GPU states (made on a CPU) seeds it from
+    (seed, rank, step), so that the resumed run does not repeat its first step's dropout masks."""
     states = ckpt.get('rng_per_process') or [ckpt['rng']]
     if len(states) == procs.world_size or procs.is_main:
         torch.set_rng_state(states[procs.rank] if len(states) == procs.world_size else states[0])
     else:
         torch.manual_seed(process_seed(seed, procs.rank, ckpt['step']))
+    if device is None or device.type != 'cuda':
+        return
+    gpu_states = ckpt.get('rng_cuda') or []
+    if len(gpu_states) == procs.world_size or (gpu_states and procs.is_main):
+        torch.cuda.set_rng_state(gpu_states[procs.rank] if len(gpu_states) == procs.world_size else gpu_states[0],
+                                 device)
+    else:
+        torch.cuda.manual_seed(process_seed(seed, procs.rank, ckpt['step']))
 
 
 def lost_contact(error):

@@ -61,7 +61,25 @@ def adam(params, lr, device, scaled=False):
     # The fused kernel: measured 2x faster than the multi-tensor one on a CPU (docs/performance.md).
     if device.type == 'cpu' and not scaled:
         return DenseViewAdam(params, lr=lr, betas=(0.5, 0.999), fused=True)
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=device.type == 'cuda' or None)
+    return LaidOutAdam(params, lr=lr, betas=(0.5, 0.999), fused=device.type == 'cuda' or None)
+
+
+class LaidOutAdam(torch.optim.Adam):
+    """torch.optim.Adam whose loaded moments take the layout of the weights they meet. torch's
+    own loading keeps the saved strides, and its fused CUDA kernel needs a moment's strides to be
+    its weight's: a checkpoint from a CPU (channels-last weights) or from another --channels_last
+    would crash at the first step."""
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group['params']:
+                if p not in self.state:
+                    continue
+                state = self.state[p]
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                        state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _channels_last_only(t):
@@ -193,6 +211,13 @@ class ColorizationGAN:
         # pass on the fake batch serves both, where its passes change nothing but batch-norm
         # statistics (a spectral norm's power iteration advances per pass) and it runs in one process.
         self.scores_fake_once = args.disc_norm != 'spectral' and not self.procs.distributed
+        # The NaN check runs on the device: no host sync in a step. `watch` holds [steps skipped,
+        # the first non-finite step (0: none), its generator and discriminator losses], read back
+        # by take_finite_report. A skip is applied on the device through the fused optimizers'
+        # found_inf, which the gradient scaler (fp16) and the unfused optimizers (MPS) do not
+        # take: those check on the host, one sync a step, as before.
+        self.check_on_device = not scaled and all(opt.defaults.get('fused') for opt in (self.opt_g, self.opt_d))
+        self.watch = torch.zeros(4, device=device)
 
     # ------------------------------------------------------------ set-up
 
@@ -255,19 +280,35 @@ class ColorizationGAN:
         # DistributedDataParallel averages the processes' gradients; this weight makes that
         # average the gradient of the global batch's mean losses.
         share = len(lab) * self.procs.world_size / (global_images or len(lab))
-        buffers = self._buffers_snapshot() if self.args.nan_policy == 'skip' else None
+        skipping = self.args.nan_policy == 'skip'
+        buffers = self._buffers_snapshot() if skipping else None
         if self.scores_fake_once:
             g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share)
         else:
             _, fake, _, g_adv, g_l1, g_loss = self.backward_G(lab, share)
             real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
-        self.check_finite(g_loss, d_loss, buffers)
-        self.scaler.step(self.opt_g)
-        self.backward_D(d_loss, share)
+        if not self.check_on_device:
+            self.check_finite(g_loss, d_loss, buffers)
+            finite = None
+        else:
+            finite = self.watch_finite(g_loss, d_loss, step)
+        if finite is not None and skipping:
+            # The fused kernels leave weights, moments and step counts as they were where found_inf is 1.
+            self.opt_g.found_inf = self.opt_d.found_inf = (~finite).float()
+        try:
+            self.scaler.step(self.opt_g)
+            self.backward_D(d_loss, share)
+        finally:
+            for opt in (self.opt_g, self.opt_d):
+                opt.__dict__.pop('found_inf', None)
         self.scaler.update()
         if self.G_ema is not None:
             ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
-        return self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits)
+        sums = self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits)
+        if finite is not None and skipping:
+            self._keep_if(finite, buffers)
+            sums = torch.where(finite, sums, torch.zeros_like(sums))
+        return sums
 
     def backward_G(self, lab, share):
         """The generator's losses and their gradients. D is scored outside DDP, with no
@@ -358,13 +399,52 @@ class ColorizationGAN:
         raise NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)'
                                                              if self.procs.distributed else ''))
 
+    def watch_finite(self, g_loss, d_loss, step):
+        """The NaN check without a host sync: a device bool, true where both losses (summed over the
+        processes) are finite; `watch` counts the skipped steps (--nan_policy skip) or keeps the
+        first non-finite step and its losses (stop), for take_finite_report."""
+        losses = self.procs.sum_(torch.stack([g_loss.detach().float(), d_loss.detach().float()]))
+        finite = torch.isfinite(losses).all()
+        w = self.watch
+        if self.args.nan_policy == 'skip':
+            self.watch = torch.cat([w[:1] + (~finite).float(), w[1:]])
+        else:
+            first = ~finite & (w[1] == 0)
+            self.watch = torch.where(first, torch.cat([w[:1], losses.new_full((1,), float(step)), losses]), w)
+        return finite
+
+    def take_finite_report(self):
+        """What the device-side NaN check saw since the last call, read back (one host sync): (steps
+        skipped, NonFiniteLoss for the first non-finite step under --nan_policy stop, or None)."""
+        skipped, step, g_value, d_value = self.watch.tolist()
+        self.watch = torch.zeros_like(self.watch)
+        if not step:
+            return int(skipped), None
+        name, value = ('generator', g_value) if not math.isfinite(g_value) else ('discriminator', d_value)
+        error = NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)'
+                                                               if self.procs.distributed else ''))
+        error.step = int(step)
+        return int(skipped), error
+
     def _buffers_snapshot(self):
-        return [b.clone() for model in (self.G, self.D) for b in model.buffers()]
+        """What a skipped step must leave as it was besides the optimizers: both networks' buffers
+        (batch-norm statistics, spectral-norm vectors) and the averaged generator's weights."""
+        return [t.clone() for t in self._kept_tensors()]
+
+    def _kept_tensors(self):
+        ema = list(self.G_ema.parameters()) if self.G_ema is not None else []
+        return [b for model in (self.G, self.D) for b in model.buffers()] + ema
 
     @torch.no_grad()
     def _restore_buffers(self, snapshot):
-        for b, saved in zip((b for model in (self.G, self.D) for b in model.buffers()), snapshot):
-            b.copy_(saved)
+        for t, saved in zip(self._kept_tensors(), snapshot):
+            t.copy_(saved)
+
+    @torch.no_grad()
+    def _keep_if(self, finite, snapshot):
+        """Each kept tensor as the step left it where `finite`, else as the snapshot holds it."""
+        for t, saved in zip(self._kept_tensors(), snapshot):
+            t.copy_(torch.where(finite, t, saved))
 
     @staticmethod
     def _sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits):
@@ -375,7 +455,8 @@ class ColorizationGAN:
             return hits.float().reshape(n, -1).mean(dim=1).sum()
         return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
                             share_right(real_logits.detach() > 0), share_right(fake_logits.detach() <= 0),
-                            torch.tensor(float(n), device=lab.device)])
+                            # a fill, not a copy from the host, which would wait for the device
+                            torch.full((), float(n), device=lab.device)])
 
     # ------------------------------------------------------------ evaluation
 

@@ -56,6 +56,10 @@ def training_parser():
     p.add_argument('--val_batches', type=number_in(int, 1), default=None,
                    help='validate on the first K test batches only (default: all)')
     add_compute_flags(p)
+    p.add_argument('--tf32', choices=('on', 'off'), default='on',
+                   help='on a CUDA GPU, let fp32 matrix products and convolutions round their inputs to TF32 (Ampere '
+                        'and later; --precision fp32 and what autocast leaves in fp32); off: full fp32. Set '
+                        'explicitly, since torch\'s defaults vary; ignored elsewhere (default: on)')
     p.add_argument('--ema_decay', type=number_in(float, 0, 1, high_open=True), default=0.999,
                    help="the generator that is validated and saved averages the trained weights with this decay, "
                         "warmed up over the first steps; 0: use the trained weights as they are (default: 0.999)")

@@ -120,7 +120,7 @@ def set_up(args, compute, procs):
         # The first process reads the checkpoint and hands it to the others, which need no access to its folder.
         ckpt = procs.broadcast(checkpoints.load_checkpoint(resume_path) if procs.is_main else None)
         first_epoch, first_batch, step = checkpoints.restore_training(ckpt, resume_path, args, gan)
-        distributed.restore_random_state(ckpt, procs, args.seed)
+        distributed.restore_random_state(ckpt, procs, args.seed, compute.device)
         saved_forms = ckpt.get('layer_forms')
         del ckpt
         print(f"resuming from {resume_path}: epoch {first_epoch}, batch {first_batch}, step {step}")
@@ -219,24 +219,31 @@ def train_epoch(run, epoch, start_batch, stop):
             if not skip_step(run, e, epoch):
                 return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=2)  # the first process says why
         batches_done += 1
+        # Numbers come back from the device only here (every --log_steps steps), before a
+        # checkpoint and at the epoch's end: a step itself never waits for the device.
         if run.step % args.log_steps == 0:
+            if not check_losses(run, epoch):
+                return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=2)  # the first process says why
             log_steps(run, epoch, procs.sum_(since_logged))
             since_logged = torch.zeros_like(since_logged)
-        if batches_done % 20 == 0 or batches_done == n_batches:
-            m = summarize(procs.sum_(sums.clone()))
-            bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
-                                f"acc {m['d_acc']:.2f} {m['images'] / (time.time() - started):.0f} img/s")
+            show_progress(bar, procs.sum_(sums.clone()), started)
         signal_number = procs.max(stop.signal or 0)  # every process stops at the same step
+        saving = args.save_steps and run.step % args.save_steps == 0 and batches_done < n_batches
+        if (signal_number or saving) and not check_losses(run, epoch):
+            return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=2)
         if signal_number:
             bar.close()
             save_interrupted(run, epoch, batches_done, n_batches)
             return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=128 + signal_number)
-        if args.save_steps and run.step % args.save_steps == 0 and batches_done < n_batches:
+        if saving:
             save(run, checkpoints.step_checkpoint_path(args.save_path, run.step), epoch, batches_done)
             if procs.is_main:
                 checkpoints.prune_step_checkpoints(args.save_path)
         if args.max_steps and run.step >= args.max_steps:
             break
+    if not check_losses(run, epoch):
+        return EpochOutcome(sums, batches_done, n_batches, 0.0, exit_code=2)
+    show_progress(bar, procs.sum_(sums.clone()), started)
     bar.close()
     seconds = time.time() - started
     run.spent['training steps'] += seconds - (run.spent['checkpoints'] - saving_before)
@@ -244,16 +251,35 @@ def train_epoch(run, epoch, start_batch, stop):
     return EpochOutcome(procs.sum_(sums), batches_done, n_batches, seconds)
 
 
+def show_progress(bar, sums, started):
+    m = summarize(sums)
+    bar.set_postfix_str(f"G {m['g_loss']:.4f} L1 {m['g_l1']:.4f} D {m['d_loss']:.4f} "
+                        f"acc {m['d_acc']:.2f} {m['images'] / max(time.time() - started, 1e-9):.0f} img/s")
+
+
+def check_losses(run, epoch):
+    """The device-side NaN check's report since the last one (gan.take_finite_report): skipped
+    steps are counted; a non-finite loss under --nan_policy stop ends the run as skip_step says."""
+    skipped, error = run.gan.take_finite_report()
+    if skipped:
+        run.skipped += skipped
+        if run.procs.is_main:
+            tqdm.write(f"by step {run.step}: {skipped} steps with a non-finite loss skipped ({run.skipped} so far)")
+    return error is None or skip_step(run, error, epoch)
+
+
 def skip_step(run, error, epoch):
-    """--nan_policy: skip the step (True), or stop: one line from the first process, False on the others."""
+    """--nan_policy: skip the step (True), or stop: one line from the first process, False on the others.
+    `error` names its step where it was found after it (the device-side check), else it is this one."""
+    step = getattr(error, 'step', run.step)
     if run.args.nan_policy == 'skip':
         run.skipped += 1
         if run.procs.is_main:
-            tqdm.write(f"step {run.step}: {error}; step skipped ({run.skipped} so far)")
+            tqdm.write(f"step {step}: {error}; step skipped ({run.skipped} so far)")
         return True
     if not run.procs.is_main:
         return False
-    raise UserError(f"{error} at step {run.step} (epoch {epoch}); training stopped, the last good checkpoint in "
+    raise UserError(f"{error} at step {step} (epoch {epoch}); training stopped, the last good checkpoint in "
                     f"{run.args.save_path} is kept: lower the learning rates or resume from it with --nan_policy skip")
 
 
@@ -279,12 +305,12 @@ def log_steps(run, epoch, since_logged):
 def save(run, path, epoch, batches_done, G_eval=None, rng_states=None):
     """Write a training checkpoint (on the first process; every process takes part in gathering
     the random states, unless they were gathered already)."""
-    rng_states = rng_states or run.procs.gather(torch.get_rng_state())
+    rng_states = rng_states or run.procs.gather(distributed.random_states(run.compute.device))
     if run.procs.is_main:
         with timed(run.spent, 'checkpoints'):
             checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
-                run.gan, epoch, batches_done, run.step, run.args, rng_states, run.layer_forms, G_eval,
-                run.provenance))
+                run.gan, epoch, batches_done, run.step, run.args, [cpu for cpu, _ in rng_states], run.layer_forms,
+                G_eval, run.provenance, gpu_rng_states=[gpu for _, gpu in rng_states]))
 
 
 def save_interrupted(run, epoch, batches_done, n_batches):
@@ -305,7 +331,7 @@ def end_epoch(run, epoch, outcome, stopping):
     train_m = summarize(outcome.sums)
     print(summary_line(epoch, 'train', train_m, outcome.seconds) +
           (f", {run.skipped} steps skipped" if run.skipped else ''))
-    rng_states = procs.gather(torch.get_rng_state())
+    rng_states = procs.gather(distributed.random_states(run.compute.device))
     if procs.is_main:
         started = time.time()
         G_eval = run.gan.eval_generator(run.train_set)

@@ -101,23 +101,84 @@ class FakeGPUTensor(torch.Tensor):
         return torch.device('cuda', 0)
 
 
+def poison(monkeypatch, poisoned):
+    """Make the named network's loss NaN, found only after the generator's backward pass; returns
+    a function that undoes it."""
+    bce = gan_module.bce
+    target = 1.0 if poisoned == 'generator' else 0.0
+    monkeypatch.setattr(gan_module, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
+    return lambda: monkeypatch.setattr(gan_module, 'bce', bce)
+
+
 @pytest.mark.parametrize('poisoned', ['generator', 'discriminator'])
 @pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])
-def test_a_skipped_step_leaves_networks_optimizers_scaler_and_average_as_they_were(poisoned, disc_norm, monkeypatch):
+@pytest.mark.parametrize('where', ['device', 'host'])
+def test_a_skipped_step_leaves_networks_optimizers_scaler_and_average_as_they_were(where, poisoned, disc_norm,
+                                                                                   monkeypatch):
     g = ColorizationGAN(parse_training_args(['--nan_policy', 'skip', '--disc_norm', disc_norm, '--channels_last', 'off']))
+    assert g.check_on_device  # the fused optimizers take the skip on the device
+    g.check_on_device = where == 'device'  # 'host': as with a gradient scaler or unfused optimizers
     lab = fixed_batch(4)
     g.step(lab, 1)  # optimizer states exist from here on
     before = everything(g)
-    bce = gan_module.bce
-    # A non-finite loss from the network named, found only after the generator's backward pass.
-    target = 1.0 if poisoned == 'generator' else 0.0
-    monkeypatch.setattr(gan_module, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
-    with pytest.raises(NonFiniteLoss, match=f'the {poisoned} loss is nan'):
-        g.step(lab, 2)
+    undo = poison(monkeypatch, poisoned)
+    if where == 'host':
+        with pytest.raises(NonFiniteLoss, match=f'the {poisoned} loss is nan'):
+            g.step(lab, 2)
+    else:
+        sums = g.step(lab, 2)  # no exception, no read-back: the step is skipped on the device
+        assert torch.equal(sums, torch.zeros_like(sums))  # nothing of it reaches the epoch's sums
+        assert g.take_finite_report() == (1, None)
     assert_unchanged(before, everything(g))
-    monkeypatch.setattr(gan_module, 'bce', bce)
+    undo()
     g.step(lab, 2)  # and training goes on from there
     assert not torch.equal(before['G.down1.model.0.weight'], g.G.state_dict()['down1.model.0.weight'])
+    assert g.take_finite_report() == (0, None)
+
+
+def test_a_skipped_first_step_leaves_the_optimizers_as_new(monkeypatch):
+    """The fused kernels' found_inf also holds where the moments are created by the step itself."""
+    g, fresh = contiguous_gan('--nan_policy', 'skip'), contiguous_gan('--nan_policy', 'skip')
+    undo = poison(monkeypatch, 'generator')
+    g.step(fixed_batch(4), 1)
+    undo()
+    assert g.take_finite_report() == (1, None)
+    for a, b in ((g.G, fresh.G), (g.D, fresh.D), (g.G_ema, fresh.G_ema)):
+        for (name, t), u in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(t, u), name
+    for s in g.opt_g.state.values():
+        assert s['step'] == 0 and not s['exp_avg'].any() and not s['exp_avg_sq'].any()
+
+
+def test_under_the_stop_policy_the_first_non_finite_step_is_reported_when_read_back(monkeypatch):
+    g = contiguous_gan()
+    lab = fixed_batch(4)
+    g.step(lab, 1)
+    undo = poison(monkeypatch, 'discriminator')
+    g.step(lab, 2), g.step(lab, 3)
+    undo()
+    skipped, error = g.take_finite_report()
+    assert skipped == 0 and isinstance(error, NonFiniteLoss) and error.step == 2
+    assert 'the discriminator loss is nan' in str(error)
+    assert g.take_finite_report() == (0, None)  # read and cleared
+
+
+def test_a_step_reads_no_number_back(monkeypatch):
+    """No host-device sync in a step: on a CPU, no tensor is turned into a Python number or bool."""
+    reads = []
+    for method in ('item', 'tolist', '__bool__', '__float__', '__int__', '__index__'):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _m=method, _o=original, **k: reads.append(_m) or _o(self, *a, **k))
+    for policy in ('stop', 'skip'):
+        for disc_norm in ('batch', 'spectral'):
+            g = contiguous_gan('--nan_policy', policy, '--disc_norm', disc_norm)
+            lab = fixed_batch(4)
+            reads.clear()
+            g.step(lab, 1), g.step(lab, 2)
+            assert reads == [], (policy, disc_norm, reads)
+            g.take_finite_report()
+            assert reads  # the counter does count
 
 
 def test_a_non_finite_loss_is_caught_whatever_device_it_is_on():
@@ -280,3 +341,24 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
     sums = gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
     assert torch.isfinite(sums).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, gan.D.parameters()))
+
+
+def test_moments_saved_with_channels_last_load_into_contiguous_weights_under_torchs_adam():
+    """The CUDA path's optimizer (torch's own Adam, fused) meeting a checkpoint of a CPU run,
+    whose weights and moments were channels-last: the moments take the weights' layout."""
+    lab = fixed_batch(4)
+    cpu_run = ColorizationGAN(parse_training_args(['--channels_last', 'on']))
+    cpu_run.step(lab.contiguous(memory_format=torch.channels_last), 1)
+    saved = cpu_run.opt_g.state_dict()
+    assert any(v.dim() == 4 and not v.is_contiguous() for s in saved['state'].values() for v in s.values())
+    gpu_like = contiguous_gan()
+    opt = gan_module.LaidOutAdam(gpu_like.G.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=True)
+    opt.load_state_dict(saved)
+    for p in gpu_like.G.parameters():
+        for key in ('exp_avg', 'exp_avg_sq'):
+            assert opt.state[p][key].stride() == p.stride(), key
+    for (i, s), p in zip(saved['state'].items(), gpu_like.G.parameters()):
+        assert torch.equal(opt.state[p]['exp_avg'], s['exp_avg'])  # the same numbers, laid out anew
+    for p in gpu_like.G.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # and the fused kernel takes them
