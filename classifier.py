@@ -88,7 +88,10 @@ def load_classifier(path=None, device='cpu'):
             metadata = f.metadata() or {}
             state = {name: f.get_tensor(name) for name in f.keys()}
         widths = tuple(int(w) for w in metadata['widths'].split(','))
-        model = CifarClassifier(widths, int(metadata.get('stem_width', STEM_WIDTH)))
+        # Building the layers draws their initial weights from torch's generator; a training run
+        # loads this before its first step, which must draw what it drew without the classifier.
+        with torch.random.fork_rng(devices=[]):
+            model = CifarClassifier(widths, int(metadata.get('stem_width', STEM_WIDTH)))
         model.load_state_dict(state)
     except Exception as e:
         raise UserError(f"the scoring classifier {path} cannot be read ({first_line(e)}): it is corrupt or "

@@ -155,3 +155,13 @@ def test_the_shipped_classifier_on_the_real_test_set():
     grey_scores, noisy_scores = judge.result('grey')[0], judge.result('noisy')[0]
     assert grey_scores['semantic_accuracy'] < colour - 0.05
     assert grey_scores['classifier_fd'] > 5 * noisy_scores['classifier_fd'] > 0
+
+
+def test_loading_draws_nothing_from_the_random_generator(tmp_path):
+    """train.py loads the classifier before its first step: the run must draw what it drew before."""
+    path = str(tmp_path / 'c.safetensors')
+    classifier.save_classifier(path, small_classifier(), {})
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    classifier.load_classifier(path)
+    assert torch.equal(torch.get_rng_state(), before)
