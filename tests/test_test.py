@@ -184,3 +184,51 @@ def test_with_many_classes_the_best_and_worst_ten_are_printed():
     shown = re.findall(r'^(class\d\d)', table, re.M)
     assert shown == [f'class{i:02d}' for i in list(range(10)) + list(range(20, 30))]
     assert '10 classes between' in table
+
+
+def test_test_py_scores_colour_gap_semantic_accuracy_and_classifier_fd_for_every_row(tiny_cifar, tmp_path):
+    """Each generator, the grey images and the true colours get ΔCF, semantic accuracy and
+    classifier FD, overall and per class, printed and in metrics.json; the truth's FD is 0 and its
+    ΔCF 0; a grey row's ΔCF is the truth's colourfulness; the classifier's accuracy on the truth is
+    what classifier.top1 gives on the same images."""
+    import classifier
+    from test_classifier import small_classifier
+    torch.manual_seed(0)
+    ckpt, out, judge_path = str(tmp_path / 'g.pt'), str(tmp_path / 'out'), str(tmp_path / 'c.safetensors')
+    torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
+    classifier.save_classifier(judge_path, small_classifier(), {'test_top1': '0.1', 'command': 'made by a test'})
+    r = run('--data_path', tiny_cifar, '--checkpoints', ckpt, '--labels', 'g', '--save_path', out, '--batch_size',
+            '10', '--num_grids', '0', '--precision', 'fp32', '--per_class', '--classifier', judge_path)
+    assert r.returncode == 0, r.stderr
+    header = r.stdout.splitlines()[0]
+    assert all(title in header for title in ('dCF', 'sem.acc', 'clf FD'))
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    rows = {'g': metrics['checkpoints']['g'], 'grey': metrics['baseline'], 'truth': metrics['truth']}
+    for row in rows.values():
+        assert {'colorfulness_gap', 'semantic_accuracy', 'classifier_fd'} <= set(row)
+    assert rows['truth']['colorfulness_gap'] == 0 and abs(rows['truth']['classifier_fd']) < 1e-6
+    assert rows['grey']['colorfulness_gap'] == pytest.approx(metrics['truth_colorfulness'], abs=0.01)
+    assert rows['grey']['classifier_fd'] > 0
+    test_set = load_split(tiny_cifar, train=False)
+    model, _ = classifier.load_classifier(judge_path)
+    assert rows['truth']['semantic_accuracy'] == pytest.approx(classifier.top1(model, test_set.rgb, test_set.labels))
+    per_class = metrics['per_class']
+    assert set(per_class) == {'g', test_cli.BASELINE, test_cli.TRUTH}
+    for label, by_class in per_class.items():
+        for name, scores in by_class.items():
+            assert {'colorfulness_gap', 'semantic_accuracy'} <= set(scores), (label, name)
+    assert metrics['classifier']['command'] == 'made by a test'
+    page = open(os.path.join(out, 'index.html'), encoding='utf-8').read()
+    assert f"<td>{rows['g']['colorfulness_gap']:.2f}</td>" in page and 'semantic accuracy' in page
+
+
+def test_the_classifier_scores_are_skipped_with_a_note_where_they_do_not_apply(tiny_folder, tmp_path):
+    torch.manual_seed(0)
+    ckpt, out = str(tmp_path / 'g.pt'), str(tmp_path / 'out')
+    torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
+    r = run('--dataset', 'folder', '--data_path', tiny_folder, '--checkpoints', ckpt, '--save_path', out,
+            '--num_grids', '0', '--precision', 'fp32', '--classifier', str(tmp_path / 'absent.safetensors'))
+    assert r.returncode == 0, r.stderr
+    assert "knows CIFAR-10's ten classes at 32 px only" in r.stdout
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    assert 'semantic_accuracy' not in metrics['baseline'] and 'colorfulness_gap' in metrics['baseline']

@@ -49,6 +49,10 @@ def test_train_resume_and_test_end_to_end(tiny_cifar, tmp_path):
     with open(os.path.join(ck, 'log.csv')) as f:
         val = [row for row in csv.DictReader(f) if row['phase'] == 'val']
     assert len(val) == 2 and all(0 < float(row['colorfulness']) < 150 for row in val)
+    for row in val:  # the colour scores of the recolored test images, each epoch
+        assert 0 <= float(row['colorfulness_gap']) < 150 and 0 <= float(row['semantic_accuracy']) <= 1
+        assert float(row['classifier_fd']) > 0
+    assert 'semantic accuracy' in r.stdout and 'classifier FD' in r.stdout and 'gap' in r.stdout
     assert sorted(os.listdir(samples)) == ['epoch_000.png', 'epoch_001.png']
     ckpt = load(os.path.join(ck, 'checkpoint_ep1.pt'))
     assert ckpt['epoch'] == 1 and ckpt['step'] == 6  # 80 images in batches of 32, 32 and 16, 2 epochs
@@ -464,7 +468,8 @@ def test_tensorboard_holds_the_run_and_a_resumed_run_continues_it_without_repeat
     for e in events.Scalars('train/g_l1'):
         assert e.value == pytest.approx(logged[e.step], rel=1e-6)
     assert [e.step for e in events.Scalars('val/g_l1')] == [10, 12, 16]  # epoch 0's end, the stop, the resumed stop
-    assert {'val/colorfulness', 'val/d_acc'} <= set(tags['scalars'])
+    assert {'val/colorfulness', 'val/colorfulness_gap', 'val/semantic_accuracy', 'val/classifier_fd',
+            'val/d_acc'} <= set(tags['scalars'])
     image = events.Images('samples')[0]
     assert image.width > 3 * 32 and image.height > 3 * 32
     args = json.load(open(os.path.join(ck, 'args.json')))
