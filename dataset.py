@@ -147,9 +147,16 @@ class LabImages:
     def num_batches(self, batch_size):
         return (len(self.lab) + batch_size - 1) // batch_size
 
-    def take_skip_report(self):
+    def take_skip_report(self, list_path=None):
         """CIFAR-10's batch files hold no image it cannot use (folders.FolderImages may skip some)."""
         return None
+
+    def subset(self, keep):
+        """The images at the indices `keep` (an int array), in that order, without converting again."""
+        part = object.__new__(type(self))
+        part.rgb, part.labels = self.rgb[keep], self.labels[keep]
+        part.lab = self.lab[torch.from_numpy(np.asarray(keep, np.int64))]
+        return part
 
 
 def load_split(data_path, train, download=True):

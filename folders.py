@@ -13,6 +13,7 @@ Layouts under the data folder ROOT, tried in this order for each split:
       labelled by places365_val.txt and named by categories_places365.txt (in ROOT or in
       ROOT/filelist_places365-standard/).
 """
+import copy
 import os
 import re
 from typing import NamedTuple
@@ -24,6 +25,7 @@ import torch.utils.data
 
 from cli import UserError
 from pictures import rgb_to_lab
+from utils import atomic_write
 
 EXTENSIONS = (b'jpg', b'jpeg', b'png', b'webp', b'bmp', b'tif', b'tiff')
 _EXTENSIONS = frozenset(EXTENSIONS)
@@ -34,8 +36,10 @@ MAX_TRIES = 200
 # A photograph longer than this many times its width (or the reverse) is first cut to that shape
 # around the crop, so that resizing a strip of 1 x 100000 pixels cannot exhaust the memory.
 MAX_ASPECT = 4
-# How many skipped files take_skip_report names.
+# How many skipped files take_skip_report names: every unreadable one up to NAMED_UNREADABLE
+# (they are what needs fixing), then grayscale ones up to NAMED_SKIPS names in all.
 NAMED_SKIPS = 5
+NAMED_UNREADABLE = 20
 _JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
 _PNG_START, _PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND'
 # Trailing padding some writers leave after a JPEG's end marker or a PNG's last chunk.
@@ -60,6 +64,17 @@ class Listing(NamedTuple):
     def path(self, i):
         """Image i's path relative to root, as a str (for messages)."""
         return os.path.join(self.folder, os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()))
+
+    def subset(self, keep):
+        """The listing of the images at the indices `keep` (an int array), in that order."""
+        keep = np.asarray(keep, np.int64)
+        starts, lengths = self.offsets[keep], self.offsets[keep + 1] - self.offsets[keep]
+        offsets = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # each kept path's bytes, gathered in one indexing: byte k of the new blob comes from
+        # its path's old start plus its place within the path
+        source = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return self._replace(blob=self.blob[source], offsets=offsets, labels=self.labels[keep])
 
     def full_path(self, i):
         """Image i's path as file system bytes, for opening it."""
@@ -480,14 +495,39 @@ class FolderImages:
         finally:
             del iterator
 
-    def take_skip_report(self):
-        """One line about the files skipped since the last call (None where none), then forgets them."""
+    def subset(self, keep):
+        """The same split with only the images at the indices `keep` (an int array), in that order."""
+        part = copy.copy(self)
+        part.listing = self.listing.subset(keep)
+        part.labels = part.listing.labels
+        part.paths = _Paths(part.listing)
+        part._skipped = {}
+        return part
+
+    def take_skip_report(self, list_path=None):
+        """One line about the files skipped since the last call (None where none), then forgets
+        them: the unreadable ones named first, the grayscale ones counted apart. With `list_path`,
+        every skipped file is also written there ('reason<TAB>path' lines, unreadable first) and
+        the line names that file."""
         if not self._skipped:
             return None
         skipped, self._skipped = self._skipped, {}
-        counts = [(sum(r == reason for r in skipped.values()), reason) for reason in SKIP_REASONS]
-        kinds = ', '.join(f"{c} {reason}" for c, reason in counts if c)
-        names = [_printable(self.listing.path(i)) for i in list(skipped)[:NAMED_SKIPS]]
-        more = f" and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ''
+        by_reason = {reason: [_printable(self.listing.path(i)) for i in sorted(skipped) if skipped[i] == reason]
+                     for reason in SKIP_REASONS}
+        room = NAMED_SKIPS
+        parts = []
+        for reason in SKIP_REASONS:
+            names = by_reason[reason]
+            if not names:
+                continue
+            shown = names[:max(room, NAMED_UNREADABLE if reason == UNREADABLE else 0)]
+            room -= len(shown)
+            more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ''
+            parts.append(f"{len(names)} {reason}" + (f" ({', '.join(shown)}{more})" if shown else ''))
         plural = 's' if len(skipped) != 1 else ''
-        return f"skipped {len(skipped)} file{plural} this epoch ({kinds}): {', '.join(names)}{more}"
+        line = f"skipped {len(skipped)} file{plural} this epoch: {', '.join(parts)}"
+        if list_path:
+            text = ''.join(f"{reason}\t{name}\n" for reason in SKIP_REASONS for name in by_reason[reason])
+            atomic_write(list_path, lambda f: f.write(text), mode='w')
+            line += f"; all {len(skipped)} listed in {list_path}"
+        return line

@@ -20,6 +20,7 @@ from torch import nn
 import convolutions
 import distributed
 import models
+import remedies
 from calibration import recalibrate_generator
 from cli import Compute, cpu_description
 
@@ -218,6 +219,8 @@ class ColorizationGAN:
         # take: those check on the host, one sync a step, as before.
         self.check_on_device = not scaled and all(opt.defaults.get('fused') for opt in (self.opt_g, self.opt_d))
         self.watch = torch.zeros(4, device=device)
+        # --rebalance: per-pixel L1 weights (remedies.RebalanceWeights), set once the training set is known.
+        self.pixel_weights = None
 
     # ------------------------------------------------------------ set-up
 
@@ -368,11 +371,18 @@ class ColorizationGAN:
         return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
 
     def generator_loss_terms(self, ab, fake_ab, fake_scores):
-        g_adv = bce(fake_scores, 1.0)
-        g_l1 = (ab - fake_ab.float()).abs().mean()
-        return g_adv, g_l1, (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * g_l1
+        """(adversarial, L1, total); the L1 reported is always the plain mean |ab error|, the total
+        weights it per pixel under --rebalance."""
+        hinge = self.args.adv_loss == 'hinge'
+        g_adv = remedies.hinge_g_loss(fake_scores) if hinge else bce(fake_scores, 1.0)
+        errors = (ab - fake_ab.float()).abs()
+        g_l1 = errors.mean()
+        l1_term = g_l1 if self.pixel_weights is None else (errors * self.pixel_weights(ab)).mean()
+        return g_adv, g_l1, (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * l1_term
 
     def discriminator_loss(self, real_logits, fake_logits):
+        if self.args.adv_loss == 'hinge':
+            return remedies.hinge_d_loss(real_logits, fake_logits)
         return bce(real_logits, self.args.smoothing) + bce(fake_logits, 0.0)
 
     def discriminator_losses(self, D, lab, fake, fake_scores=None):

@@ -1,4 +1,6 @@
 """The flags of a training run (train.py's command line): names, defaults, ranges and checks."""
+import sys
+
 from checkpoints import STEP_CHECKPOINTS_KEPT
 from classifier import DEFAULT_PATH as CLASSIFIER_PATH
 from cli import OneLineArgumentParser, add_compute_flags, number_in
@@ -6,14 +8,18 @@ from dataset import DATASETS
 from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
 
 DESCRIPTION = "Train the colorization GAN of Nazeri et al. (2018) on CIFAR-10 or on a folder of photographs."
-# The two recipes the reference published, as flags.
+# The two recipes the reference published, as flags; `--recipe NAME` sets them as defaults, so a
+# flag given beside it still wins.
 RECIPES = {
-    'batch': ['--max_epoch', '200', '--smoothing', '0.9', '--l1_weight', '0.99', '--base_lr_gen', '3e-4',
+    'batchnorm': ['--max_epoch', '200', '--smoothing', '0.9', '--l1_weight', '0.99', '--base_lr_gen', '3e-4',
               '--base_lr_disc', '6e-5', '--lr_decay_steps', '6e4', '--disc_norm', 'batch', '--apply_weight_init', '1'],
     'spectral': ['--max_epoch', '100', '--smoothing', '1.0', '--l1_weight', '0.985', '--base_lr_gen', '2e-4',
                  '--base_lr_disc', '2e-4', '--lr_decay_steps', '4e4', '--disc_norm', 'spectral',
                  '--apply_weight_init', '0'],
 }
+# PLACEHOLDER until the ablation (tools/ablation.py) decides it: the spectral recipe with the
+# remedies for grey outputs (remedies.py). The lead sets it from the measurements.
+RECIPES['vivid'] = RECIPES['spectral'] + ['--color_enhance', '1.2', '--rebalance', '0.5', '--min_colorfulness', '15']
 
 
 def training_parser():
@@ -88,12 +94,41 @@ def training_parser():
                    help="the scoring classifier whose semantic accuracy and feature distance (classifier FD) each "
                         "epoch's validation reports, on CIFAR-10's classes at 32 px; off: none "
                         "(default: weights/cifar10_classifier.safetensors)")
+    p.add_argument('--recipe', choices=tuple(RECIPES), default=None,
+                   help="a named recipe's flags as defaults (flags given beside it win): batchnorm and spectral, "
+                        "the reference's two published command lines; vivid, the spectral one with the remedies "
+                        "for grey outputs (a placeholder until the ablation sets it) (default: none)")
+    add_remedy_flags(p)
     return p
+
+
+def add_remedy_flags(p):
+    """The remedies for grey outputs (remedies.py), each off by default. These four because each
+    is one local change (the targets, the L1's weights, the training list, the adversarial loss),
+    needs no pretrained network and no extra pass of either network, and each was reported to
+    raise colourfulness; feature matching was left out: it needs D's inner features from every
+    discriminator pass of the step, a larger change to the step."""
+    p.add_argument('--color_enhance', type=number_in(float, 1, 3), default=1.0,
+                   help="DDColor's colour-enhanced targets: the training images' ab scaled by F and clipped to "
+                        "[-1, 1] (validation keeps the truth), in [1, 3]; 1 is off (default: 1.0)")
+    p.add_argument('--rebalance', type=number_in(float, 0, 1, low_open=True), default=None, metavar='LAMBDA',
+                   help="Zhang et al.'s colour rebalancing: each pixel's L1 weighted by the inverse of its ab's "
+                        "smoothed frequency in the training set, mixed with uniform by LAMBDA in (0, 1] "
+                        "(the paper: 0.5) (default: off)")
+    p.add_argument('--min_colorfulness', type=number_in(float, 0, None, low_open=True), default=None, metavar='C',
+                   help="BigColor's filter: train without the images whose colourfulness (Hasler and Suesstrunk) "
+                        "is below C (BigColor: 15), listed in --save_path/dropped_colorfulness.txt (default: off)")
+    p.add_argument('--adv_loss', choices=('bce', 'hinge'), default='bce',
+                   help="the adversarial loss: bce, the reference's (with --smoothing), or hinge (BigColor's; "
+                        "--smoothing does not apply) (default: bce)")
 
 
 def parse_training_args(argv=None):
     p = training_parser()
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The recipe's flags first, then the command line's: argparse keeps the last value given.
+    recipe = p.parse_known_args(argv)[0].recipe
+    args = p.parse_args(RECIPES[recipe] + argv if recipe else argv)
     if args.image_size is None:
         args.image_size = 32 if args.dataset == 'cifar10' else 256
     if args.dataset == 'cifar10' and args.image_size != 32:

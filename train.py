@@ -24,6 +24,7 @@ import dataset
 import distributed
 import pictures
 import provenance
+import remedies
 import scores
 import utils
 from cli import Compute, UserError, pick_device, run_cli
@@ -137,6 +138,7 @@ def set_up(args, compute, procs):
     print(forms_line)
     with timed(spent, 'data'):
         train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
+        train_set = apply_remedies(args, procs, gan, train_set)
     if procs.is_main:
         utils.write_json(os.path.join(args.save_path, 'args.json'),
                          dict(run_info, layer_forms=layer_forms, provenance=made_by))
@@ -163,6 +165,23 @@ def scoring_judge(args, test_set, device):
         return None
     model, metadata = classifier.load_classifier(args.classifier, device)
     return classifier.ClassifierScores(model, truth='truth', model_metadata=metadata)
+
+
+def apply_remedies(args, procs, gan, train_set):
+    """--min_colorfulness (the training images kept, the dropped ones counted in one line and
+    listed in a file) and --rebalance (the L1's pixel weights, from the kept images); the
+    training set as it is where both are off."""
+    if args.min_colorfulness is not None:
+        train_set, dropped, total = remedies.drop_dull_images(train_set, args.min_colorfulness)
+        list_path = os.path.join(args.save_path, 'dropped_colorfulness.txt')
+        if procs.is_main:
+            utils.atomic_write(list_path, lambda f: f.write(''.join(dropped)), mode='w')
+        print(f"--min_colorfulness {args.min_colorfulness:g}: dropped {len(dropped)} of {total} training images; "
+              f"all {len(dropped)} listed in {list_path}")
+    if args.rebalance is not None:
+        gan.pixel_weights = remedies.RebalanceWeights.from_training_set(
+            train_set, args.rebalance, gan.compute.device, args.seed, args.color_enhance)
+    return train_set
 
 
 def find_resume_path(args):
@@ -209,6 +228,8 @@ def train_epoch(run, epoch, start_batch, stop):
     batches_done = start_batch
     for _, lab in bar:
         lab = lab.contiguous(memory_format=gan.memory_format)
+        if args.color_enhance != 1:
+            lab = remedies.enhance_colors(lab, args.color_enhance)
         global_images = min(args.batch_size, len(run.train_set) - batches_done * args.batch_size)
         run.step += 1
         try:
@@ -247,7 +268,7 @@ def train_epoch(run, epoch, start_batch, stop):
     bar.close()
     seconds = time.time() - started
     run.spent['training steps'] += seconds - (run.spent['checkpoints'] - saving_before)
-    report_skipped_files(run.train_set, 'training')
+    report_skipped_files(run.train_set, 'training', args.save_path)
     return EpochOutcome(procs.sum_(sums), batches_done, n_batches, seconds)
 
 
@@ -283,9 +304,10 @@ def skip_step(run, error, epoch):
                     f"{run.args.save_path} is kept: lower the learning rates or resume from it with --nan_policy skip")
 
 
-def report_skipped_files(images, split):
-    """The data set's one line on the files it could not use, if any."""
-    report = images.take_skip_report()
+def report_skipped_files(images, split, save_path):
+    """The data set's one line on the files it could not use, if any; all of them listed in
+    save_path/skipped_<split>.txt, which the line names."""
+    report = images.take_skip_report(os.path.join(save_path, f'skipped_{split}.txt'))
     if report:
         print(f"{split} images: {report}", file=sys.stderr)
 
@@ -431,7 +453,7 @@ def validate(run, G_eval):
                 judge.add('grey', gray, classes)
         if grid_rows is None:
             grid_rows = [truth[:20], gray[:20], fake_rgb[:20]]
-    report_skipped_files(test_set, 'validation')
+    report_skipped_files(test_set, 'validation', args.save_path)
     colorfulness, truth_colorfulness = colorfulness_sum / max(images, 1), truth_colorfulness_sum / max(images, 1)
     colour = {'colorfulness': colorfulness, 'colorfulness_gap': scores.colorfulness_gap(colorfulness, truth_colorfulness),
               'truth_colorfulness': truth_colorfulness}

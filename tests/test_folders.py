@@ -377,22 +377,61 @@ def test_bad_files_are_replaced_and_reported_and_odd_ones_decoded(tmp_path):
         cmyk = rgb[used.index('o_cmyk.jpg')]
         assert cmyk.shape == (32, 32, 3) and cmyk.std(axis=(0, 1)).max() < 3 and np.ptp(cmyk.mean((0, 1))) > 50
         report = ds.take_skip_report()
-        assert report == ("skipped 5 files this epoch (3 unreadable, 2 grayscale): train/b_empty.jpg, "
-                          "train/b_grey_rgb.png, train/b_grey_stored.jpg, train/b_text.png, train/b_truncated.jpg")
+        assert report == ("skipped 5 files this epoch: 3 unreadable (train/b_empty.jpg, train/b_text.png, "
+                          "train/b_truncated.jpg), 2 grayscale (train/b_grey_rgb.png, train/b_grey_stored.jpg)")
         assert ds.take_skip_report() is None
 
 
-def test_skip_report_names_the_first_few(tmp_path):
+def test_skip_report_names_the_unreadable_up_to_a_limit(tmp_path):
     root = str(tmp_path)
     make_folder(root, ['z_good.png'])
-    for k in range(8):
-        touch(os.path.join(root, 'train', f'bad{k}.png'))
+    n = folders.NAMED_UNREADABLE + 3
+    for k in range(n):
+        touch(os.path.join(root, 'train', f'bad{k:02d}.png'))
     ds = FolderImages(root, 'train', 32)
     batches = collect(ds, 3, seed=0, shuffle=True, flip=True)
-    assert sum(len(b[0]) for b in batches) == 9 and set(torch.cat([b[0] for b in batches]).tolist()) == {8}
+    assert sum(len(b[0]) for b in batches) == n + 1 and set(torch.cat([b[0] for b in batches]).tolist()) == {n}
     report = ds.take_skip_report()
-    assert report.startswith('skipped 8 files this epoch (8 unreadable): train/bad')
-    assert report.endswith(' and 3 more') and report.count('train/bad') == 5
+    assert report.startswith(f'skipped {n} files this epoch: {n} unreadable (train/bad00.png, train/bad01.png')
+    assert report.endswith(' and 3 more)') and report.count('train/bad') == folders.NAMED_UNREADABLE
+
+
+def test_skip_report_names_every_unreadable_file_first_and_lists_all_in_a_file(tmp_path):
+    """26 grayscale photographs sort before 3 unreadable files; the line still names the 3, and
+    the file it names lists all 29, unreadable first."""
+    root = str(tmp_path)
+    make_folder(root, ['z_good.png'])
+    train = os.path.join(root, 'train')
+    for k in range(26):
+        write_rgb(os.path.join(train, f'a_grey{k:02d}.png'), colour_image(k)[..., :1].repeat(3, -1))
+    cut = jpeg_bytes(colour_image(3, 200, 240))
+    touch(os.path.join(train, 'b_truncated.jpg'), cut[:len(cut) // 2])
+    touch(os.path.join(train, 'b_empty.png'))
+    touch(os.path.join(train, 'b_text.png'), b'not a picture\n')
+    ds = FolderImages(root, 'train', 32)
+    collect(ds, 8)
+    list_path = str(tmp_path / 'skipped_training.txt')
+    report = ds.take_skip_report(list_path)
+    assert report.startswith('skipped 29 files this epoch: 3 unreadable (train/b_empty.png, train/b_text.png, '
+                             'train/b_truncated.jpg), 26 grayscale (train/a_grey00.png, train/a_grey01.png '
+                             'and 24 more)')
+    assert report.endswith(f'; all 29 listed in {list_path}')
+    lines = open(list_path).read().splitlines()
+    assert lines[:3] == ['unreadable\ttrain/b_empty.png', 'unreadable\ttrain/b_text.png',
+                         'unreadable\ttrain/b_truncated.jpg']
+    assert lines[3:] == [f'grayscale\ttrain/a_grey{k:02d}.png' for k in range(26)]
+
+
+def test_a_subset_keeps_the_chosen_images_with_their_paths_and_labels(plain):
+    ds = FolderImages(plain[0], 'train', 32)
+    keep = np.array([len(ds) - 1, 0, 2])
+    part = ds.subset(keep)
+    assert len(part) == 3 and [part.paths[i] for i in range(3)] == [ds.paths[int(i)] for i in keep]
+    assert part.labels.tolist() == ds.labels[keep].tolist() and len(ds) > 3
+    whole = {ds.paths[i]: lab for idx, batch in collect(ds, 4) for i, lab in zip(idx.tolist(), batch)}
+    seen = [(part.paths[i], lab) for idx, batch in collect(part, 2) for i, lab in zip(idx.tolist(), batch)]
+    assert [path for path, _ in seen] == [ds.paths[int(i)] for i in keep]
+    assert all(torch.equal(lab, whole[path]) for path, lab in seen)
 
 
 def test_a_data_set_of_unusable_images_is_a_one_line_error(tmp_path):

@@ -3,6 +3,49 @@ import pytest
 
 import train
 from conftest import run_in_process
+from options import RECIPES, parse_training_args
+
+# The reference's two published command lines (SPEC.md), as typed there.
+PUBLISHED = {
+    'batchnorm': '--max_epoch=200 --smoothing=0.9 --l1_weight=0.99 --base_lr_gen=3e-4 --base_lr_disc=6e-5 '
+                 '--lr_decay_steps=6e4 --disc_norm=batch --apply_weight_init=1',
+    'spectral': '--max_epoch=100 --smoothing=1.0 --l1_weight=0.985 --base_lr_gen=2e-4 --base_lr_disc=2e-4 '
+                '--lr_decay_steps=4e4 --disc_norm=spectral --apply_weight_init=0',
+}
+
+
+def without_recipe(args):
+    return {k: v for k, v in vars(args).items() if k != 'recipe'}
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED))
+def test_a_recipe_parses_as_its_published_command_line(name):
+    by_name = parse_training_args(['--recipe', name])
+    typed = parse_training_args(PUBLISHED[name].split())
+    assert by_name.recipe == name and typed.recipe is None
+    assert without_recipe(by_name) == without_recipe(typed)
+    assert without_recipe(by_name) != without_recipe(parse_training_args([]))
+
+
+@pytest.mark.parametrize('where', ['after', 'before'])
+def test_a_flag_beside_a_recipe_overrides_it(where):
+    flags = ['--l1_weight', '0.9', '--disc_norm', 'instance']
+    argv = ['--recipe', 'spectral', *flags] if where == 'after' else [*flags, '--recipe', 'spectral']
+    args = parse_training_args(argv)
+    assert (args.l1_weight, args.disc_norm, args.smoothing, args.base_lr_gen) == (0.9, 'instance', 1.0, 2e-4)
+
+
+def test_without_a_recipe_the_defaults_are_the_reference_and_the_remedies_are_off():
+    args = parse_training_args([])
+    assert args.recipe is None and (args.l1_weight, args.disc_norm, args.smoothing, args.max_epoch) == (
+        0.99, 'batch', 0.9, 200)
+    assert (args.color_enhance, args.rebalance, args.min_colorfulness, args.adv_loss) == (1.0, None, None, 'bce')
+
+
+def test_the_vivid_placeholder_is_the_spectral_recipe_with_remedies():
+    assert RECIPES['vivid'][:len(RECIPES['spectral'])] == RECIPES['spectral']
+    vivid = parse_training_args(['--recipe', 'vivid'])
+    assert vivid.disc_norm == 'spectral' and (vivid.color_enhance > 1 or vivid.rebalance or vivid.min_colorfulness)
 
 
 @pytest.mark.parametrize('flags, words', [
@@ -13,6 +56,12 @@ from conftest import run_in_process
     (['--gen_dropout', '1'], '--gen_dropout'),
     (['--base_lr_gen', '-1'], '--base_lr_gen'),
     (['--start_epoch', '5', '--max_epoch', '3'], '--max_epoch'),
+    (['--recipe', 'fancy'], '--recipe'),
+    (['--color_enhance', '0.5'], '--color_enhance'),
+    (['--rebalance', '0'], '--rebalance'),
+    (['--min_colorfulness', '-1'], '--min_colorfulness'),
+    (['--adv_loss', 'wgan'], '--adv_loss'),
+    (['--recipe', 'spectral', '--l1_weight', '2'], '--l1_weight'),
 ])
 def test_a_bad_flag_ends_with_one_line(flags, words, tmp_path):
     r = run_in_process(train.main, ['--save_path', str(tmp_path / 'ck'), *flags])

@@ -433,9 +433,14 @@ def test_bad_and_odd_files_are_skipped_or_converted_and_named_in_one_line(tiny_f
     assert 'data: 30 training images' in r.stdout  # every file listed; 2 epochs' worth of steps: 15 + 15
     lines = [line for line in r.stderr.splitlines() if 'skipped' in line]
     assert len(lines) == 1, r.stderr
-    assert 'skipped 4 files this epoch (3 unreadable, 1 grayscale)' in lines[0]
+    assert 'skipped 4 files this epoch: 3 unreadable (' in lines[0] and '1 grayscale (' in lines[0]
     assert all(name in lines[0] for name in ('truncated.jpg', 'empty.jpg', 'notes.png', 'gray.png'))
     assert 'cmyk' not in lines[0] and 'sixteen' not in lines[0]
+    listed = os.path.join(ck, 'skipped_training.txt')
+    assert lines[0].endswith(f'all 4 listed in {listed}')
+    assert sorted(open(listed).read().split()) == sorted(
+        ['unreadable', 'train/a/truncated.jpg', 'unreadable', 'train/a/empty.jpg', 'unreadable', 'train/a/notes.png',
+         'grayscale', 'train/a/gray.png'])
 
 
 def test_two_processes_train_and_resume_on_a_folder(tiny_folder, tmp_path):

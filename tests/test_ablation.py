@@ -1,0 +1,46 @@
+"""tools/ablation.py: named runs trained and scored as subprocesses, one table of their scores,
+and a second call that skips what is done, on tiny data with 2 steps a run."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def ablation(data, out, *flags):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'ablation.py'), '--data_path', data,
+                           '--out', out, '--steps', '2', '--device', 'cpu', *flags, '--train_flags', '--batch_size',
+                           '8', '--autotune', 'off', '--precision', 'fp32', '--tensorboard', 'off',
+                           '--val_batches', '1'], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_the_ablation_trains_scores_tabulates_and_skips_what_is_done(tiny_cifar, tmp_path):
+    out = str(tmp_path / 'ablation')
+    r = ablation(tiny_cifar, out, '--only', 'spectral', 'hinge', '--parallel', '2')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'spectral, seed 0: trained and scored' in r.stdout and 'hinge, seed 0: trained and scored' in r.stdout
+    saved = json.load(open(os.path.join(out, 'hinge', 'seed0', 'args.json')))
+    assert (saved['recipe'], saved['adv_loss'], saved['max_steps'], saved['seed']) == ('spectral', 'hinge', 2, 0)
+    table = open(os.path.join(out, 'ablation.md')).read()
+    header = next(line for line in table.splitlines() if line.startswith('| run |'))
+    assert 'mean_ab_error' in header and 'colorfulness_gap' in header and 'semantic_accuracy' in header
+    overall = table.split('Per class')[0]
+    rows = {line.split(' | ')[0][2:]: line for line in overall.splitlines() if line.startswith('| ')}
+    assert {'spectral', 'hinge', 'ground truth'} <= set(rows)
+    results = json.load(open(os.path.join(out, 'ablation.json')))
+    metrics = json.load(open(os.path.join(out, 'spectral', 'seed0', 'test', 'metrics.json')))
+    mean = results['runs']['spectral']['mean']
+    assert mean['mean_ab_error'] == metrics['checkpoints']['spectral']['mean_ab_error']
+    assert f"{mean['mean_ab_error']:.4f}" in rows['spectral']
+    assert results['runs']['hinge']['flags'] == ['--adv_loss', 'hinge']
+    assert 'airplane' in table  # per class
+
+    again = ablation(tiny_cifar, out, '--only', 'spectral', 'hinge')
+    assert again.returncode == 0 and again.stdout.count('done before') == 2, again.stdout + again.stderr
+
+
+def test_an_unknown_run_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'ablation.py'), '--only', 'magic'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and 'magic' in r.stderr.splitlines()[-1]
