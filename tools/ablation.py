@@ -148,7 +148,10 @@ def read_scores(path, label):
     per_class = metrics.get('per_class', {}).get(label, {})
     return {'overall': {m: overall.get(m) for m in MEASURES},
             'per_class': {c: {m: v.get(m) for m in MEASURES} for c, v in per_class.items()},
-            'truth_colorfulness': metrics.get('truth_colorfulness')}
+            'truth_colorfulness': metrics.get('truth_colorfulness'),
+            # the bounds: no colour (ab = 0) and the true colours, as test.py scored them
+            'grey': {m: metrics.get('baseline', {}).get(m) for m in MEASURES},
+            'truth': {m: metrics.get('truth', {}).get(m) for m in MEASURES}}
 
 
 def cell(value, measure):
@@ -179,9 +182,13 @@ def markdown(table, args):
         truth = truth or next((r['truth_colorfulness'] for r in results if r['truth_colorfulness']), None)
         mean = mean_over_seeds(results)
         lines.append(f"| {name} | " + ' | '.join(cell(mean[m], m) for m in MEASURES) + ' |')
-    if truth:
-        lines.append('| ground truth | ' + ' | '.join(cell(truth, m) if m == 'colorfulness' else ''
-                                                   for m in MEASURES) + ' |')
+    first = next((r for results in table.values() for r in results), None)
+    if first:
+        for title, key in (('no colour (ab = 0)', 'grey'), ('ground truth', 'truth')):
+            row = first.get(key) or {}
+            if key == 'truth' and row.get('colorfulness') is None:
+                row = dict(row, colorfulness=truth)
+            lines.append(f'| {title} | ' + ' | '.join(cell(row.get(m), m) for m in MEASURES) + ' |')
     classes = next((list(r['per_class']) for results in table.values() for r in results if r['per_class']), [])
     if classes:
         lines += ['', 'Per class, mean |ab error| / colorfulness (first seed):', '',

@@ -10,7 +10,10 @@
 # bench.py at batch 32, 128 and 512 with the reference's step beside it, and a short real
 # training run on .gpu_data (5,000 CIFAR-10 training images) resumed for a second epoch.
 # OUT gets one log per stage, gpu_check.log (all of them in order) and summary.json (each
-# stage's exit code, 124 for a timeout, and bench.py's figures).
+# stage's exit code, 124 for a timeout, and bench.py's figures). GPU_CHECK_STAGES="gpu_tests bench"
+# (any of environment, gpu_tests, bench, train) runs only those; GPU_CHECK_DATA points the
+# training stage at another CIFAR-10 folder (the whole data set, where it is there), or with
+# GPU_CHECK_DATA=synthetic, bench.py at random images (the training stage needs a real folder).
 set -u
 OUT=${1:?usage: bash tools/gpu_check.sh OUT [PYTHON]}
 PY=${2:-python3}
@@ -23,9 +26,15 @@ LOG="$OUT/gpu_check.log"
 STAGES=()
 START=$SECONDS
 
+WANTED=${GPU_CHECK_STAGES:-environment gpu_tests bench train}
+DATA=${GPU_CHECK_DATA:-.gpu_data}
+
 stage() {  # stage NAME SECONDS COMMAND...: run it under a timeout, log it, remember its exit code
     local name=$1 limit=$2
     shift 2
+    local group=$name
+    [ "$name" = resume ] && group=train
+    case " $WANTED " in *" $group "*) ;; *) return 0 ;; esac
     echo "=== $name (at ${SECONDS}s, limit ${limit}s): $*" | tee -a "$LOG"
     timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
@@ -53,10 +62,12 @@ stage environment 60 bash -c "nvidia-smi; \"$PY\" -c 'import torch, torchvision,
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))'"
 stage gpu_tests 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 # The reference's step reads 2,048 PNG files in a DataLoader as it did; 3 windows of 1 s each.
-stage bench 200 "$PY" bench.py --data_path .gpu_data --baseline --recipes spectral default --batch_sizes 32 128 512 \
-    --windows 3 --seconds 3 --json "$OUT/bench.json"
+BENCH_DATA="--data_path $DATA"
+[ "$DATA" = synthetic ] && BENCH_DATA=--synthetic
+stage bench 200 "$PY" bench.py $BENCH_DATA --baseline --recipes spectral default --batch_sizes 32 128 512 \
+    --windows 2 --seconds 2 --json "$OUT/bench.json"
 SPECTRAL="--smoothing 1.0 --l1_weight 0.985 --base_lr_gen 2e-4 --base_lr_disc 2e-4 --lr_decay_steps 4e4 --disc_norm spectral --apply_weight_init 0"
-RUN="--data_path .gpu_data --save_path $OUT/run --samples_path $OUT/run/samples --tensorboard off --save_freq 1 --val_batches 8 $SPECTRAL"
+RUN="--data_path $DATA --save_path $OUT/run --samples_path $OUT/run/samples --tensorboard off --save_freq 1 --val_batches 8 $SPECTRAL"
 stage train 75 "$PY" train.py $RUN --max_epoch 1
 stage resume 75 "$PY" train.py $RUN --max_epoch 2 --resume latest
 

@@ -109,7 +109,7 @@ def main(argv=None):
         'train_minutes': f'{minutes:.1f}', 'device': str(compute.device), 'precision': compute.precision,
         'cpu': cpu_description(), 'torch': torch.__version__, 'trained_on': 'CIFAR-10 training images (50,000), colour',
         'date': time.strftime('%Y-%m-%d')})
-    print(f"test top-1 {100 * accuracy:.2f}% on the 10,000 colour test images after {minutes:.1f} min; wrote {args.out}")
+    print(f"test top-1 {100 * accuracy:.2f}% on the {len(test_rgb):,} colour test images after {minutes:.1f} min; wrote {args.out}")
     return 0
 
 
