@@ -17,9 +17,11 @@ RECIPES = {
                  '--base_lr_disc', '2e-4', '--lr_decay_steps', '4e4', '--disc_norm', 'spectral',
                  '--apply_weight_init', '0'],
 }
-# PLACEHOLDER until the ablation (tools/ablation.py) decides it: the spectral recipe with the
-# remedies for grey outputs (remedies.py). The lead sets it from the measurements.
-RECIPES['vivid'] = RECIPES['spectral'] + ['--color_enhance', '1.2', '--rebalance', '0.5', '--min_colorfulness', '15']
+# The ablation's choice (docs/notes/2026-12-04-scores-ablation-gpu.md): DDColor's colour-enhanced
+# targets and BigColor's colourfulness filter on the spectral recipe. No combination reached all
+# three goals at 2 epochs; this one came nearest (half the spectral recipe's colourfulness gap, 7%
+# more mean |ab error|); the rebalancing runs closed the gap only at 27% more error.
+RECIPES['vivid'] = RECIPES['spectral'] + ['--color_enhance', '1.2', '--min_colorfulness', '15']
 
 
 def training_parser():
@@ -96,8 +98,9 @@ def training_parser():
                         "(default: weights/cifar10_classifier.safetensors)")
     p.add_argument('--recipe', choices=tuple(RECIPES), default=None,
                    help="a named recipe's flags as defaults (flags given beside it win): batchnorm and spectral, "
-                        "the reference's two published command lines; vivid, the spectral one with the remedies "
-                        "for grey outputs (a placeholder until the ablation sets it) (default: none)")
+                        "the reference's two published command lines; vivid, the spectral one with colour-enhanced "
+                        "targets (1.2) and without the dullest training images (colourfulness below 15), the "
+                        "ablation's choice (docs/) (default: none)")
     add_remedy_flags(p)
     return p
 
@@ -114,10 +117,11 @@ def add_remedy_flags(p):
     p.add_argument('--rebalance', type=number_in(float, 0, 1, low_open=True), default=None, metavar='LAMBDA',
                    help="Zhang et al.'s colour rebalancing: each pixel's L1 weighted by the inverse of its ab's "
                         "smoothed frequency in the training set, mixed with uniform by LAMBDA in (0, 1] "
-                        "(the paper: 0.5) (default: off)")
-    p.add_argument('--min_colorfulness', type=number_in(float, 0, None, low_open=True), default=None, metavar='C',
+                        "(the paper: 0.5); 1 weighs every pixel alike (default: off)")
+    p.add_argument('--min_colorfulness', type=number_in(float, 0, None), default=None, metavar='C',
                    help="BigColor's filter: train without the images whose colourfulness (Hasler and Suesstrunk) "
-                        "is below C (BigColor: 15), listed in --save_path/dropped_colorfulness.txt (default: off)")
+                        "is below C (BigColor: 15), listed in --save_path/dropped_colorfulness.txt; 0 drops none, "
+                        "which turns off a recipe's (default: off)")
     p.add_argument('--adv_loss', choices=('bce', 'hinge'), default='bce',
                    help="the adversarial loss: bce, the reference's (with --smoothing), or hinge (BigColor's; "
                         "--smoothing does not apply) (default: bce)")

@@ -45,9 +45,18 @@ def test_resuming_on_the_gpu_is_exact(tiny_cifar, tmp_path):
     assert run_in_process(train.main, train_args(tiny_cifar, split, *fixed, '--max_steps', '2')).returncode == 0
     assert run_in_process(train.main, train_args(tiny_cifar, split, *fixed, '--resume', 'latest')).returncode == 0
     a, b = (torch.load(os.path.join(p, 'checkpoint_ep0.pt'), weights_only=True) for p in (straight, split))
-    # cuDNN may pick other algorithms between processes: equal to rounding, as the step-for-step note says
-    for name, t in a['generator_train'].items():
-        assert torch.allclose(t.float(), b['generator_train'][name].float(), atol=1e-4), name
+    # cuDNN may pick other algorithms between processes: equal to rounding. The biases of the
+    # convolutions batch norm follows are left out: their gradient is rounding noise, which Adam
+    # scales up to steps of the learning rate's size (SPEC.md, "Comparing two runs step for step";
+    # seen on an H200: down1's bias 2e-4 apart), nor the running means of those norms, which take
+    # the biases in (the second run on the H200 found down1's 2e-4 apart too)
+    state = a['generator_train']
+    biases = {name for name in state if name.endswith('.0.bias') and name[:-len('0.bias')] + '1.running_mean' in state}
+    noise_only = biases | {name[:-len('0.bias')] + '1.running_mean' for name in biases}
+    assert {'down1.model.0.bias', 'down1.model.1.running_mean'} <= noise_only
+    for name, t in state.items():
+        if name not in noise_only:
+            assert torch.allclose(t.float(), b['generator_train'][name].float(), atol=1e-4), name
     # the GPU's random state is saved and restored: the resumed run ends where the straight one does
     assert len(a['rng_cuda']) == 1 and torch.equal(a['rng_cuda'][0], b['rng_cuda'][0])
 

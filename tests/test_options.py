@@ -42,10 +42,12 @@ def test_without_a_recipe_the_defaults_are_the_reference_and_the_remedies_are_of
     assert (args.color_enhance, args.rebalance, args.min_colorfulness, args.adv_loss) == (1.0, None, None, 'bce')
 
 
-def test_the_vivid_placeholder_is_the_spectral_recipe_with_remedies():
+def test_vivid_is_the_spectral_recipe_with_enhanced_targets_and_the_colourfulness_filter():
     assert RECIPES['vivid'][:len(RECIPES['spectral'])] == RECIPES['spectral']
     vivid = parse_training_args(['--recipe', 'vivid'])
-    assert vivid.disc_norm == 'spectral' and (vivid.color_enhance > 1 or vivid.rebalance or vivid.min_colorfulness)
+    assert vivid.disc_norm == 'spectral' and vivid.l1_weight == 0.985 and vivid.max_epoch == 100
+    assert vivid.color_enhance == 1.2 and vivid.min_colorfulness == 15 and vivid.rebalance is None
+    assert vivid.adv_loss == 'bce' and vivid.recipe == 'vivid'
 
 
 @pytest.mark.parametrize('flags, words', [
