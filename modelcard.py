@@ -7,7 +7,12 @@ SCORES = (('mean_ab_error', 'mean abs. ab error (network scale, lower is better)
           ('mae', 'MAE of the RGB images, 0-255 (lower is better)', '{:.3f}'),
           ('psnr', 'PSNR, dB (higher is better)', '{:.2f}'),
           ('nazeri_accuracy', 'Nazeri accuracy (higher is better)', '{:.1%}'),
-          ('colorfulness', 'colorfulness (closer to the truth is better)', '{:.2f}'))
+          ('colorfulness', 'colorfulness (closer to the truth is better)', '{:.2f}'),
+          ('colorfulness_gap', 'colourfulness gap to the truth, ΔCF (lower is better)', '{:.2f}'),
+          ('semantic_accuracy', "semantic accuracy: the scoring classifier's top-1 (higher is better)", '{:.1%}'),
+          ('classifier_fd', "classifier FD: the scoring classifier's feature distance to the truth (lower is better)",
+           '{:.2f}'),
+          ('fid', 'FID against the true colour images, same test set and size only (lower is better)', '{:.2f}'))
 
 
 def folder_config(generator_config, run_args, ckpt):

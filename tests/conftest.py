@@ -210,3 +210,13 @@ def weights_server(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f'http://127.0.0.1:{server.server_port}'
     server.shutdown()
+
+
+def cpu_precisions():
+    """fp32 and bf16 for tests of training on a CPU; bf16 skipped where this CPU emulates it (no
+    AVX512-BF16 or AMX): train.py refuses it there, and emulated, it made these tests minutes long
+    (their bf16 cases run wherever a CPU or GPU has native bf16)."""
+    from cli import cpu_has_native_bf16
+    if cpu_has_native_bf16():
+        return ['fp32', 'bf16']
+    return ['fp32', pytest.param('bf16', marks=pytest.mark.skip(reason='this CPU emulates bf16 (train.py refuses it)'))]

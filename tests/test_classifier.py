@@ -153,7 +153,7 @@ def test_the_shipped_classifier_on_the_real_test_set():
         for first in range(0, 2000, 500):
             judge.add(name, images[first:first + 500], labels[part][first:first + 500])
     grey_scores, noisy_scores = judge.result('grey')[0], judge.result('noisy')[0]
-    assert grey_scores['semantic_accuracy'] < colour - 0.05
+    assert grey_scores['semantic_accuracy'] < colour - 0.02  # 85.7% against 90.9% on the whole test set
     assert grey_scores['classifier_fd'] > 5 * noisy_scores['classifier_fd'] > 0
 
 

@@ -7,7 +7,7 @@ import torch
 
 import gan as gan_module
 from cli import Compute
-from conftest import lab_batch
+from conftest import cpu_precisions, lab_batch
 from gan import ColorizationGAN, NonFiniteLoss, learning_rate, summarize
 from options import parse_training_args
 
@@ -294,7 +294,7 @@ def trained_state(gan, batches):
     return sums, state
 
 
-@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+@pytest.mark.parametrize('precision', cpu_precisions())
 @pytest.mark.parametrize('flags', [[], ['--disc_norm', 'instance'], ['--image_size', '64', '--dataset', 'folder']],
                          ids=['batch-norm D', 'instance-norm D', '64 px networks'])
 def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_for_bit(flags, precision):
@@ -327,7 +327,7 @@ def test_a_spectral_norm_discriminator_keeps_its_three_passes():
 
 
 @pytest.mark.parametrize('disc_norm', ['batch', 'instance', 'spectral'])
-@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+@pytest.mark.parametrize('precision', cpu_precisions())
 def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_form(disc_norm, precision):
     """Also where an activation follows a matrix-product layer directly (the spectral recipe's
     D.down4): the activations that run in place must not touch a custom function's output."""
