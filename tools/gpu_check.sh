@@ -61,7 +61,7 @@ fi
 stage environment 60 bash -c "nvidia-smi; \"$PY\" -c 'import torch, torchvision, cv2, numpy, tqdm, safetensors, matplotlib
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))'"
 stage gpu_tests 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-# The reference's step reads 2,048 PNG files in a DataLoader as it did; 3 windows of 1 s each.
+# The reference's step reads 2,048 PNG files in a DataLoader as it did; 2 windows of about 2 s each.
 BENCH_DATA="--data_path $DATA"
 [ "$DATA" = synthetic ] && BENCH_DATA=--synthetic
 stage bench 200 "$PY" bench.py $BENCH_DATA --baseline --recipes spectral default --batch_sizes 32 128 512 \
