@@ -114,7 +114,8 @@ def frechet_distance(features_a, features_b):
     root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = root_a @ cov_b @ root_a
     trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+    distance = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root
+    return max(0.0, float(distance))  # a set against itself comes out at -1e-12 by rounding
 
 
 class ClassifierScores:
