@@ -99,6 +99,19 @@ def load_classifier(path=None, device='cpu'):
     return model.to(device).eval(), metadata
 
 
+def judge_for(path, class_names, image_size, device, truth='truth'):
+    """(ClassifierScores for a set of images, or None; why there is none) from --classifier's
+    value: 'off', or the file, which knows CIFAR-10's ten classes at 32 px only."""
+    from dataset import CLASS_NAMES
+    if path == 'off':
+        return None, 'semantic accuracy and classifier FD: off (--classifier off)'
+    if tuple(class_names) != CLASS_NAMES or image_size != 32:
+        return None, ("semantic accuracy and classifier FD: not scored, the scoring classifier knows CIFAR-10's "
+                      "ten classes at 32 px only")
+    model, metadata = load_classifier(path, device)
+    return ClassifierScores(model, truth=truth, model_metadata=metadata), None
+
+
 def frechet_distance(features_a, features_b):
     """The Fréchet distance between Gaussians fitted to two (N, D) feature sets:
     |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^1/2), in float64. The trace of the

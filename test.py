@@ -364,17 +364,6 @@ def draw_picks(scoring, labels, n, save_path):
     return picks
 
 
-def classifier_judge(args, test_set, image_size, device):
-    """(classifier.ClassifierScores or None, a note saying why there is none)."""
-    if args.classifier == 'off':
-        return None, 'semantic accuracy and classifier FD: off (--classifier off)'
-    if tuple(test_set.class_names) != dataset.CLASS_NAMES or image_size != 32:
-        return None, ("semantic accuracy and classifier FD: not scored, the scoring classifier knows CIFAR-10's "
-                      "ten classes at 32 px only")
-    model, metadata = classifier.load_classifier(args.classifier, device)
-    return classifier.ClassifierScores(model, truth=TRUTH, model_metadata=metadata), None
-
-
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
@@ -384,7 +373,8 @@ def main(argv=None):
     utils.check_writable_folder(args.save_path, '--save_path')
     test_set = dataset.open_split(args.dataset, args.data_path, False, image_size, args.num_workers,
                                   pin_memory=compute.device.type == 'cuda')
-    judge, judge_note = classifier_judge(args, test_set, image_size, compute.device)
+    judge, judge_note = classifier.judge_for(args.classifier, test_set.class_names, image_size, compute.device,
+                                             truth=TRUTH)
     scoring = Scoring(labels, test_set.class_names, args.num_grids * GRID_ROWS, keep_every_image=bool(args.pick),
                       judge=judge, keep_sets=args.fid)
     batches = test_set.batches(args.batch_size, device=compute.device, with_rgb=True)

@@ -154,17 +154,9 @@ def set_up(args, compute, procs):
                                  resume_step=step if resume_path else None)
     return Run(args, compute, procs, gan, train_set, test_set, layer_forms, tensorboard, made_by, first_epoch,
                first_batch, step, first_step=step, spent=spent, last_logged=time.time(),
-               judge=scoring_judge(args, test_set, compute.device) if procs.is_main else None)
-
-
-def scoring_judge(args, test_set, device):
-    """The scoring classifier's judge of the validation images, where they are CIFAR-10's classes
-    at 32 px and --classifier is not off; it is loaded before the first step, so that a missing
-    file stops the run at once."""
-    if args.classifier == 'off' or args.image_size != 32 or tuple(test_set.class_names) != dataset.CLASS_NAMES:
-        return None
-    model, metadata = classifier.load_classifier(args.classifier, device)
-    return classifier.ClassifierScores(model, truth='truth', model_metadata=metadata)
+               # the scoring classifier is loaded before the first step, so that a missing file stops the run at once
+               judge=classifier.judge_for(args.classifier, test_set.class_names, args.image_size,
+                                          compute.device)[0] if procs.is_main else None)
 
 
 def apply_remedies(args, procs, gan, train_set):
