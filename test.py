@@ -61,8 +61,9 @@ def parse_args(argv=None):
                    help='also print the scores per class (metrics.json and the results page always have them); with '
                         f'more than {2 * CLASSES_PRINTED} classes, the {CLASSES_PRINTED} best and worst')
     p.add_argument('--pick', type=number_in(int, 1), metavar='N',
-                   help='with two checkpoints A and B: also draw the N test images where A beats B most, where B '
-                        'beats A most, and where both struggle most, by per-image mean |ab error| (see README)')
+                   help='with two or more checkpoints, the first two A and B: also draw the N test images where A '
+                        'beats B most, where B beats A most, and where both struggle most, by per-image mean |ab '
+                        'error|, each with every checkpoint\'s colours (see README)')
     p.add_argument('--classifier', default=classifier.DEFAULT_PATH, metavar='PATH|off',
                    help='the scoring classifier for semantic accuracy and classifier FD (CIFAR-10 classes at 32 px '
                         'only); off: skip them (default: weights/cifar10_classifier.safetensors)')
@@ -79,12 +80,12 @@ def parse_args(argv=None):
     n_checkpoints = len(args.checkpoints or published.PUBLISHED_GENERATORS)
     if args.labels and len(args.labels) != n_checkpoints:
         p.error(f"--labels has {len(args.labels)} names for {n_checkpoints} checkpoints")
-    if args.pick and n_checkpoints != 2:
-        p.error(f"--pick compares two checkpoints, and {n_checkpoints} were given")
+    if args.pick and n_checkpoints < 2:
+        p.error(f"--pick compares the first two checkpoints, and {n_checkpoints} was given")
     return args
 
 
-PICK_RULE = ("From each test image's mean |ab error| under the two generators A and B: the images with the "
+PICK_RULE = ("From each test image's mean |ab error| under the first two generators A and B: the images with the "
              "largest error(B) - error(A) (A better), the largest error(A) - error(B) (B better), and the largest "
              "min(error(A), error(B)) (both struggle); ties go to the earlier test image.")
 
@@ -354,7 +355,8 @@ def draw_grids(scoring, labels, save_path):
 
 def draw_picks(scoring, labels, n, save_path):
     every_column = np.concatenate(scoring.every_column)
-    rule = picked_images(*(np.concatenate(scoring.image_errors[label]) for label in labels), n, *labels)
+    # the rule compares the first two generators; the pictures show every generator's colours
+    rule = picked_images(*(np.concatenate(scoring.image_errors[label]) for label in labels[:2]), n, *labels[:2])
     picks = {}
     for title, indices in rule.items():
         path = os.path.join(save_path, 'pick_' + ''.join(c if c.isalnum() else '_' for c in title) + '.png')

@@ -13,8 +13,11 @@ import sysconfig
 import tempfile
 import threading
 
-import numpy as np
-import pytest
+if os.environ.get('PYTEST_XDIST_WORKER'):  # one thread per worker (pytest_configure): set before numpy and torch load
+    os.environ['OMP_NUM_THREADS'] = '1'
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')
@@ -67,9 +70,16 @@ def command_line(name):
 
 def pytest_configure(config):
     """Temporary folders in memory where the machine has /dev/shm: the tests write checkpoints of
-    300 MB by the dozen, and their fsync to disk would be a large part of the suite's time."""
+    300 MB by the dozen, and their fsync to disk would be a large part of the suite's time.
+    Under pytest-xdist (`-n 2`) each worker is one thread, it and the processes it starts: two
+    workers then share two cores, and the single-threaded parts of the tests (start-ups, imports,
+    serializing checkpoints) overlap instead of waiting for each other."""
     config.addinivalue_line('markers', 'gpu: needs a CUDA device (tests/test_gpu.py); skipped where there is none')
-    if config.option.basetemp is None and os.access('/dev/shm', os.W_OK) and not hasattr(config, 'workerinput'):
+    if hasattr(config, 'workerinput'):
+        # xdist gives each worker a folder under the controller's --basetemp (in memory, below)
+        if str(config.option.basetemp or '').startswith('/dev/shm/'):
+            config.worker_memory_basetemp = config.option.basetemp
+    elif config.option.basetemp is None and os.access('/dev/shm', os.W_OK):
         config.option.basetemp = tempfile.mkdtemp(prefix='colorization-tests-', dir='/dev/shm')
         config.memory_basetemp = config.option.basetemp
 
@@ -82,7 +92,8 @@ def pytest_unconfigure(config):
 @pytest.fixture(autouse=True)
 def _free_memory_after_each_test(request):
     """In memory, a test's folder is removed as soon as it ends (pytest would keep them all)."""
-    in_memory = getattr(request.config, 'memory_basetemp', None) and 'tmp_path' in request.fixturenames
+    in_memory = (getattr(request.config, 'memory_basetemp', None) or getattr(request.config, 'worker_memory_basetemp', None)) \
+        and 'tmp_path' in request.fixturenames
     folder = request.getfixturevalue('tmp_path') if in_memory else None
     yield
     if folder is not None:

@@ -8,9 +8,11 @@ import sys
 import sysconfig
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
+import pictures
 import published
 from conftest import ROOT, command_line, run_in_process
 from dataset import CLASS_NAMES, load_split
@@ -103,14 +105,15 @@ def test_test_py_scores_each_class_and_the_classes_add_up_to_the_whole(tiny_cifa
 
 
 def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
+    """The rule compares the first two generators; a third is drawn beside them on the same images."""
     paths, generators = [], []
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         torch.manual_seed(seed)
         generators.append(Generator('batch').eval())
         paths.append(str(tmp_path / f'g{seed}.pt'))
         torch.save(generators[-1].state_dict(), paths[-1])
     out = str(tmp_path / 'out')
-    r = run('--data_path', tiny_cifar, '--checkpoints', *paths, '--labels', 'bn', 'sn', '--save_path', out,
+    r = run('--data_path', tiny_cifar, '--checkpoints', *paths, '--labels', 'bn', 'sn', 'third', '--save_path', out,
             '--batch_size', '10', '--num_grids', '0', '--precision', 'fp32', '--pick', '3')
     assert r.returncode == 0, r.stderr
     picks = json.load(open(os.path.join(out, 'metrics.json')))['picks']
@@ -118,7 +121,7 @@ def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
     test_set = load_split(tiny_cifar, train=False)
     _, lab = next(test_set.batches(len(test_set)))
     with torch.no_grad():
-        err = [(G(lab[:, :1]) - lab[:, 1:]).abs().mean(dim=(1, 2, 3)).tolist() for G in generators]
+        err = [(G(lab[:, :1]) - lab[:, 1:]).abs().mean(dim=(1, 2, 3)).tolist() for G in generators[:2]]
     order = lambda key: sorted(range(len(key)), key=lambda i: -key[i])[:3]  # noqa: E731
     assert picks['bn better']['test_images'] == order([b - a for a, b in zip(*err)])
     assert picks['sn better']['test_images'] == order([a - b for a, b in zip(*err)])
@@ -128,10 +131,14 @@ def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
     for pick in picks.values():
         picture = cv2.imread(os.path.join(out, pick['picture']))
         assert picture is not None and f'src="{pick["picture"]}"' in page
-    heights = {cv2.imread(os.path.join(out, p['picture'])).shape for p in picks.values()}
-    assert len(heights) == 1  # three grids of 3 rows and 4 columns alike
+    shapes = {cv2.imread(os.path.join(out, p['picture'])).shape for p in picks.values()}
+    # three pictures of 3 rows and 5 columns (original, grayscale and the three generators), as a
+    # grid of that many images of the test set's size is drawn
+    drawn = pictures.image_grid([np.zeros((5, 32, 32, 3), np.uint8)] * 3, border=6, scale=1.6,
+                                column_labels=['original', 'grayscale', 'bn', 'sn', 'third'])
+    assert shapes == {drawn.shape}
     r = run('--data_path', tiny_cifar, '--checkpoints', paths[0], '--pick', '3')
-    assert r.returncode == 2 and '--pick compares two checkpoints' in r.stderr
+    assert r.returncode == 2 and '--pick compares the first two checkpoints, and 1 was given' in r.stderr
 
 
 def test_the_published_generators_are_fetched_once_and_scored_side_by_side(weights_server, tiny_cifar, tmp_path,
