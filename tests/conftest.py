@@ -78,7 +78,7 @@ def pytest_configure(config):
     if hasattr(config, 'workerinput'):
         # xdist gives each worker a folder under the controller's --basetemp (in memory, below)
         if str(config.option.basetemp or '').startswith('/dev/shm/'):
-            config.worker_memory_basetemp = config.option.basetemp
+            config.memory_basetemp = config.option.basetemp
     elif config.option.basetemp is None and os.access('/dev/shm', os.W_OK):
         config.option.basetemp = tempfile.mkdtemp(prefix='colorization-tests-', dir='/dev/shm')
         config.memory_basetemp = config.option.basetemp
@@ -92,8 +92,7 @@ def pytest_unconfigure(config):
 @pytest.fixture(autouse=True)
 def _free_memory_after_each_test(request):
     """In memory, a test's folder is removed as soon as it ends (pytest would keep them all)."""
-    in_memory = (getattr(request.config, 'memory_basetemp', None) or getattr(request.config, 'worker_memory_basetemp', None)) \
-        and 'tmp_path' in request.fixturenames
+    in_memory = getattr(request.config, 'memory_basetemp', None) and 'tmp_path' in request.fixturenames
     folder = request.getfixturevalue('tmp_path') if in_memory else None
     yield
     if folder is not None:
