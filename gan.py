@@ -306,12 +306,15 @@ class ColorizationGAN:
                 opt.__dict__.pop('found_inf', None)
         self.scaler.update()
         if self.G_ema is not None:
-            ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
+            self.update_average(step)
         sums = self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits)
         if finite is not None and skipping:
             self._keep_if(finite, buffers)
             sums = torch.where(finite, sums, torch.zeros_like(sums))
         return sums
+
+    def update_average(self, step):
+        ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
 
     def backward_G(self, lab, share):
         """The generator's losses and their gradients. D is scored outside DDP, with no
@@ -415,19 +418,21 @@ class ColorizationGAN:
         first non-finite step and its losses (stop), for take_finite_report."""
         losses = self.procs.sum_(torch.stack([g_loss.detach().float(), d_loss.detach().float()]))
         finite = torch.isfinite(losses).all()
-        w = self.watch
+        w = self.watch  # updated in place: a captured step (tools/graph_step.py) keeps writing the same tensor
         if self.args.nan_policy == 'skip':
-            self.watch = torch.cat([w[:1] + (~finite).float(), w[1:]])
+            w.copy_(torch.cat([w[:1] + (~finite).float(), w[1:]]))
         else:
             first = ~finite & (w[1] == 0)
-            self.watch = torch.where(first, torch.cat([w[:1], losses.new_full((1,), float(step)), losses]), w)
+            # `step` is a number, or a device tensor holding it (a captured step reads it there)
+            number = step.reshape(1).to(losses.dtype) if torch.is_tensor(step) else losses.new_full((1,), float(step))
+            w.copy_(torch.where(first, torch.cat([w[:1], number, losses]), w))
         return finite
 
     def take_finite_report(self):
         """What the device-side NaN check saw since the last call, read back (one host sync): (steps
         skipped, NonFiniteLoss for the first non-finite step under --nan_policy stop, or None)."""
         skipped, step, g_value, d_value = self.watch.tolist()
-        self.watch = torch.zeros_like(self.watch)
+        self.watch.zero_()
         if not step:
             return int(skipped), None
         name, value = ('generator', g_value) if not math.isfinite(g_value) else ('discriminator', d_value)
