@@ -11,19 +11,23 @@ the NaN check, the batch's sums) is captured once; every number that changes fro
 fills before each replay, and the batch is copied into one fixed buffer. This is an experiment:
 the graph goes into train.py only where this tool measured it on a GPU (issue 25).
 
-For each recipe and batch size, on the same batches from the same random state, with cuDNN's
-deterministic algorithms: train.py's step taken eagerly twice (is the eager step repeatable on
-this GPU?), and a GAN that takes its first --warmup steps eagerly through the graph-ready step,
-is captured, and replays the rest; every weight, buffer, Adam moment and average is compared
-after the warm-up and at the end. Then, with cuDNN's default algorithms, both are timed in
-alternating windows between CUDA events (the batches ready on the device, as train.py gathers
-them there). Exit code 1 where a capture failed (the row says why).
+For each recipe and batch size: first both rates, timed in alternating windows between CUDA
+events (the batches ready on the device, as train.py gathers them there). Then, on the same
+batches from the same random state, with deterministic algorithms only: the graph-ready step
+taken eagerly twice (is it repeatable on this GPU?), train.py's own step (the same but for the
+learning rate, which the CUDA kernel reads as a float from a tensor and as a double from a
+number), and the graph after its --warmup eager steps and after its --replays replays; every
+weight, buffer, Adam moment, average, the NaN watch and the batch sums are compared, and the
+largest difference is named with its tensor. Exit code 1 where a capture failed (the row says
+why, with the error it arose from).
 """
 import json
 import os
 import statistics
 import sys
 import time
+import traceback
+import warnings
 
 import numpy as np
 import torch
@@ -81,6 +85,12 @@ def build(recipe, batch_size, compute, graph_ready):
     return (GraphReadyGAN if graph_ready else ColorizationGAN)(args, compute)
 
 
+def built(recipe, batch_size, compute, graph_ready):
+    """(a new GAN, its batch pool)."""
+    gan = build(recipe, batch_size, compute, graph_ready)
+    return gan, batch_pool(batch_size, compute.device, gan.memory_format)
+
+
 def batch_pool(batch_size, device, memory_format, seed=0):
     """BATCH_POOL batches of random images, gathered and flipped on the device as train.py does."""
     n = batch_size * BATCH_POOL
@@ -91,22 +101,40 @@ def batch_pool(batch_size, device, memory_format, seed=0):
     return [lab.contiguous(memory_format=memory_format) for _, lab in drawn]
 
 
-def state_tensors(gan):
-    """Every tensor a step changes, in a fixed order, copied to the CPU."""
-    tensors = [t for model in (gan.G, gan.D, gan.G_ema) if model is not None
-               for t in list(model.parameters()) + list(model.buffers())]
-    for opt in (gan.opt_g, gan.opt_d):
-        for state in opt.state.values():
-            tensors += [state[k] for k in sorted(state) if torch.is_tensor(state[k])]
-    return [t.detach().to('cpu', copy=True) for t in tensors]
+def state_tensors(gan, sums=None):
+    """Every tensor a step changes, by name, copied to the CPU: weights, buffers (batch-norm
+    statistics, spectral-norm vectors) and averages, Adam's moments and step counts, the NaN
+    watch, and the batch sums where given."""
+    tensors = {}
+    for prefix, model in (('G', gan.G), ('D', gan.D), ('G_ema', gan.G_ema)):
+        if model is not None:
+            tensors.update((f'{prefix}.{name}', t) for name, t in
+                           list(model.named_parameters()) + list(model.named_buffers()))
+    for prefix, opt in (('opt_g', gan.opt_g), ('opt_d', gan.opt_d)):
+        for i, state in enumerate(opt.state.values()):
+            tensors.update((f'{prefix}.{i}.{key}', state[key]) for key in sorted(state) if torch.is_tensor(state[key]))
+    tensors['watch'] = gan.watch
+    if sums is not None:
+        tensors['sums'] = sums
+    return {name: t.detach().to('cpu', copy=True) for name, t in tensors.items()}
 
 
 def compare(a, b):
-    """(identical, the largest absolute difference) between two state_tensors lists."""
-    if len(a) != len(b):
-        return False, float('inf')
-    worst = max(((x.double() - y.double()).abs().max().item() if x.numel() else 0.0) for x, y in zip(a, b))
-    return all(torch.equal(x, y) for x, y in zip(a, b)), worst
+    """How two state_tensors dicts differ: (identical bit for bit, the largest absolute difference,
+    the name of the tensor where it is; None where identical)."""
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return False, None, 'the states hold different tensors'
+    differing = [k for k in a if not torch.equal(bits(a[k]), bits(b[k]))]
+    if not differing:
+        return True, 0.0, None
+    gaps = {k: (a[k].double() - b[k].double()).abs().nan_to_num(nan=float('inf')).max().item() for k in differing}
+    worst = max(gaps, key=gaps.get)
+    return False, gaps[worst], worst
+
+
+def bits(t):
+    """A tensor's bytes: equal bit for bit, NaNs included."""
+    return t.reshape(-1).view(torch.uint8)
 
 
 class CapturedStep:
@@ -138,45 +166,62 @@ class CapturedStep:
         self.sums += self.step_sums
 
 
+def eager_states(gan, batches, warmup, replays, graph_ready):
+    """Steps 1 .. warmup + replays taken eagerly: the states after the warm-up and at the end."""
+    sums = torch.zeros(7, device=batches[0].device)
+    for step in range(1, warmup + replays + 1):
+        lab = batches[(step - 1) % len(batches)]
+        if graph_ready:
+            gan.prepare(step)
+            sums += gan.graph_step(lab)
+        else:
+            sums += gan.step(lab, step)
+        if step == warmup:
+            after_warmup = state_tensors(gan, sums)
+    return after_warmup, state_tensors(gan, sums)
+
+
 def check(recipe, batch_size, compute, warmup, replays):
-    """Train GANs on the same batches from the same random state: twice eagerly (is the eager step
-    itself repeatable on this GPU?) and once through the graph; compare them after the warm-up and
-    at the end. cuDNN's deterministic algorithms only, here: the default ones may add in any order."""
-    deterministic = torch.backends.cudnn.deterministic
+    """GANs trained on the same batches from the same random state, with deterministic algorithms
+    only (cuDNN's defaults, and the bilinear resize's backward, add in any order): the graph-ready
+    step taken eagerly, twice (is it repeatable here?); train.py's own step (the same but for the
+    learning rate, which the CUDA kernel reads as a float where train.py hands it a double); and
+    the graph, compared after its eager warm-up and after its replays with the first."""
+    deterministic = torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()
     torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        states = []
-        for _ in range(2):
-            eager = build(recipe, batch_size, compute, graph_ready=False)  # reseeds: the same weights and draws
-            batches = batch_pool(batch_size, compute.device, eager.memory_format)
-            sums = torch.zeros(7, device=compute.device)
-            for step in range(1, warmup + replays + 1):
-                sums += eager.step(batches[(step - 1) % len(batches)], step)
-                if step == warmup:
-                    after_warmup = state_tensors(eager)
-            states.append((after_warmup, state_tensors(eager), sums))
-            del eager
-        captured = CapturedStep(build(recipe, batch_size, compute, graph_ready=True), batches, warmup)
-        warm_same, warm_diff = compare(states[0][0], state_tensors(captured.gan))
-        for step in range(warmup + 1, warmup + replays + 1):
-            captured(step, batches[(step - 1) % len(batches)])
-        end_same, end_diff = compare(states[0][1], state_tensors(captured.gan))
-        repeat_same, repeat_diff = compare(states[0][1], states[1][1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            # build() reseeds: every GAN starts from the same weights and random state
+            ready = [eager_states(*built(recipe, batch_size, compute, True), warmup, replays, True) for _ in range(2)]
+            plain = eager_states(*built(recipe, batch_size, compute, False), warmup, replays, False)
+            captured = CapturedStep(*built(recipe, batch_size, compute, True), warmup)
+            graph_warm = state_tensors(captured.gan, captured.sums)
+            batches = batch_pool(batch_size, compute.device, captured.gan.memory_format)
+            for step in range(warmup + 1, warmup + replays + 1):
+                captured(step, batches[(step - 1) % len(batches)])
+            graph_end = state_tensors(captured.gan, captured.sums)
     finally:
-        torch.backends.cudnn.deterministic = deterministic
-    return {'eager_repeatable': repeat_same and torch.equal(states[0][2], states[1][2]),
-            'eager_repeat_max_abs_diff': repeat_diff,
-            'eager_ready_identical': warm_same, 'eager_ready_max_abs_diff': warm_diff,
-            'graph_identical': end_same and torch.equal(states[0][2], captured.sums),
-            'graph_max_abs_diff': end_diff}
+        torch.backends.cudnn.deterministic = deterministic[0]
+        torch.use_deterministic_algorithms(deterministic[1])
+    outcome = {}
+    for key, (a, b) in (('ready_repeatable', (ready[0][1], ready[1][1])),
+                        ('ready_is_train_step', (ready[0][1], plain[1])),
+                        ('graph_warmup_identical', (ready[0][0], graph_warm)),
+                        ('graph_identical', (ready[0][1], graph_end))):
+        same, gap, where = compare(a, b)
+        outcome.update({key: same, f'{key}_max_abs_diff': gap, f'{key}_worst': where})
+    outcome['nondeterministic_ops'] = sorted({str(w.message).split(' does not have')[0] for w in caught
+                                             if 'deterministic' in str(w.message)})
+    return outcome
 
 
 def rates(recipe, batch_size, compute, warmup, windows, seconds):
-    """Images per second of train.py's eager step and of the captured one, with cuDNN's default
+    """Images per second of train.py's eager step and of the captured one, with the default
     algorithms, the batches ready on the device (train.py gathers them there)."""
-    eager = build(recipe, batch_size, compute, graph_ready=False)
-    batches = batch_pool(batch_size, compute.device, eager.memory_format)
-    captured = CapturedStep(build(recipe, batch_size, compute, graph_ready=True), batches, warmup)
+    eager, batches = built(recipe, batch_size, compute, False)
+    captured = CapturedStep(build(recipe, batch_size, compute, True), batches, warmup)
     measured = timed({'eager': lambda step: eager.step(batches[step % len(batches)], step),
                       'graph': lambda step: captured(step, batches[step % len(batches)])},
                      batch_size, windows, seconds)
@@ -212,11 +257,20 @@ def timed(runs, batch_size, windows, seconds):
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def same(outcome, key):
-    """'yes', or 'no (the largest difference)'."""
-    if outcome[key + ('able' if key == 'eager_repeat' else '_identical')]:
+def verdict(outcome, key):
+    """'yes', or 'no: the largest difference, in which tensor'."""
+    if outcome[key]:
         return 'yes'
-    return f"no ({outcome[key + '_max_abs_diff']:.2g})"
+    gap = outcome[f'{key}_max_abs_diff']
+    return f"no: {gap:.2g} in {outcome[f'{key}_worst']}" if gap is not None else f"no: {outcome[f'{key}_worst']}"
+
+
+def failure(error):
+    """A failed capture's error in one line, with the one it arose from: a capture that fails
+    inside raises again when it ends, and the first error is the cause."""
+    cause = error.__context__ or error.__cause__
+    line = f'{type(error).__name__}: {first_line(error)}'
+    return line + (f' (from {type(cause).__name__}: {first_line(cause)})' if cause is not None else '')
 
 
 def parse_args(argv=None):
@@ -227,9 +281,11 @@ def parse_args(argv=None):
     p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
                    help="as train.py's (default: auto, bf16 from compute capability 8.0)")
     p.add_argument('--warmup', type=number_in(int, 1), default=3, help='eager steps before the capture (default: 3)')
-    p.add_argument('--replays', type=number_in(int, 1), default=5, help='graph steps compared with eager ones (default: 5)')
+    p.add_argument('--replays', type=number_in(int, 1), default=5,
+                   help='graph steps compared with eager ones (default: 5)')
     p.add_argument('--windows', type=number_in(int, 1), default=3, help='timed windows per rate (default: 3)')
-    p.add_argument('--seconds', type=number_in(float, 0.1), default=3.0, help='about how long each rate is timed (default: 3)')
+    p.add_argument('--seconds', type=number_in(float, 0.1), default=3.0,
+                   help='about how long each rate is timed (default: 3)')
     p.add_argument('--json', help='also write the results there')
     return p.parse_args(argv)
 
@@ -247,29 +303,46 @@ def main(argv=None):
     results = {'gpu': gpu_description(device), 'torch': torch.__version__, 'precision': compute.precision,
                'rows': []}
     print(f"{results['gpu']}, torch {torch.__version__}, {compute.precision}")
-    print('recipe    batch  eager img/s  graph img/s  ratio  eager twice  ready=eager  graph=eager')
-    for recipe in args.recipes:
-        for batch_size in args.batch_sizes:
-            row = {'recipe': recipe, 'batch_size': batch_size}
+    rows = [{'recipe': recipe, 'batch_size': batch_size} for recipe in args.recipes for batch_size in args.batch_sizes]
+    # Rates first, then the comparisons: a capture that fails may leave the process unfit for more.
+    print('recipe    batch  eager img/s  graph img/s  ratio')
+    for row in rows:
+        try:
+            eager_rate, graph_rate = rates(row['recipe'], row['batch_size'], compute, args.warmup, args.windows,
+                                           args.seconds)
+        except Exception as e:
+            traceback.print_exc()
+            row['error'] = failure(e)
+            print(f"{row['recipe']:9} {row['batch_size']:5}  failed: {row['error']}")
+            break
+        finally:
+            torch.cuda.empty_cache()
+        row.update(eager_images_per_s=eager_rate, graph_images_per_s=graph_rate, ratio=graph_rate / eager_rate)
+        print(f"{row['recipe']:9} {row['batch_size']:5} {eager_rate:12.0f} {graph_rate:12.0f} {row['ratio']:5.2f}x")
+    results['rows'] = rows
+    if not any('error' in row for row in rows):
+        print('bit for bit (deterministic algorithms): the graph-ready step taken eagerly twice | it against '
+              "train.py's step | the graph after its warm-up | after its replays, each against the first")
+        for row in rows:
             try:
-                outcome = check(recipe, batch_size, compute, args.warmup, args.replays)
-                row.update(outcome)
-                eager_rate, graph_rate = rates(recipe, batch_size, compute, args.warmup, args.windows, args.seconds)
-            except Exception as e:  # a capture that fails is a finding: say which and go on
-                row['error'] = f'{type(e).__name__}: {first_line(e)}'
-                print(f'{recipe:9} {batch_size:5}  failed: {row["error"]}')
-                results['rows'].append(row)
-                continue
+                outcome = check(row['recipe'], row['batch_size'], compute, args.warmup, args.replays)
+            except Exception as e:
+                traceback.print_exc()
+                row['check_error'] = failure(e)
+                print(f"{row['recipe']:9} {row['batch_size']:5}  failed: {row['check_error']}")
+                break
             finally:
                 torch.cuda.empty_cache()
-            row.update(eager_images_per_s=eager_rate, graph_images_per_s=graph_rate, ratio=graph_rate / eager_rate)
-            results['rows'].append(row)
-            print(f"{recipe:9} {batch_size:5} {eager_rate:12.0f} {graph_rate:12.0f} {row['ratio']:5.2f}x  "
-                  f"{same(outcome, 'eager_repeat'):11}  {same(outcome, 'eager_ready'):11}  {same(outcome, 'graph')}")
+            row.update(outcome)
+            print(f"{row['recipe']:9} {row['batch_size']:5}  " + ' | '.join(
+                verdict(outcome, key) for key in ('ready_repeatable', 'ready_is_train_step', 'graph_warmup_identical',
+                                                  'graph_identical')))
+            if outcome['nondeterministic_ops']:
+                print(f"    ops without a deterministic form: {', '.join(outcome['nondeterministic_ops'])}")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)
-    return 0 if all('error' not in row for row in results['rows']) else 1
+    return 0 if not any('error' in row or 'check_error' in row for row in rows) else 1
 
 
 if __name__ == '__main__':
