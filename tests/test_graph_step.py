@@ -23,6 +23,18 @@ def load_tool():
     return module
 
 
+@pytest.fixture
+def graph_step(monkeypatch):
+    """The tool, told that a GPU is there (main's bookkeeping runs on the CPU; the measurements are
+    replaced by each test)."""
+    from cli import Compute
+    tool = load_tool()
+    monkeypatch.setattr(tool.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(tool, 'gpu_description', lambda device: 'a test GPU')
+    monkeypatch.setattr(tool.Compute, 'from_flags', classmethod(lambda cls, flags, device: Compute(device, 'bf16')))
+    return tool
+
+
 @pytest.mark.parametrize('recipe, flags', [
     ('spectral', []),
     # batch-norm D (one fake pass, replayed statistics) and the skip policy's device-side keep/restore
@@ -86,3 +98,50 @@ def test_the_captured_step_runs_and_reports_on_the_gpu(tmp_path):
     # Whether the graph equals the eager step bit for bit is the finding, printed and kept in the JSON.
     assert 'check_error' not in row, row
     assert {'ready_repeatable', 'ready_is_train_step', 'graph_warmup_identical', 'graph_identical'} <= row.keys()
+
+
+def test_a_failed_capture_is_reported_with_its_cause_and_ends_the_measurements(tmp_path, monkeypatch, graph_step):
+    """main's bookkeeping without a GPU: the rows, the JSON, the exit code, the first error kept."""
+    measured = []
+
+    def rates(recipe, batch_size, *args):
+        measured.append((recipe, batch_size))
+        if batch_size == 128:
+            try:
+                raise RuntimeError('operation not permitted when stream is capturing')
+            except RuntimeError:
+                raise RuntimeError('CUDA error: operation failed due to a previous error during capture')
+        return 100.0 * batch_size, 300.0 * batch_size
+    monkeypatch.setattr(graph_step, 'rates', rates)
+    monkeypatch.setattr(graph_step, 'check', lambda *args: pytest.fail('no comparison after a failed capture'))
+    out = tmp_path / 'graph.json'
+    r = run_in_process(graph_step.main, ['--recipes', 'spectral', 'batchnorm', '--json', str(out)])
+    assert r.returncode == 1
+    assert measured == [('spectral', 32), ('spectral', 128)]  # nothing after the failure
+    rows = json.loads(out.read_text())['rows']
+    assert rows[0]['ratio'] == 3.0 and rows[0]['graph_images_per_s'] == 9600.0
+    assert rows[1]['error'] == ('RuntimeError: CUDA error: operation failed due to a previous error during capture '
+                                '(from RuntimeError: operation not permitted when stream is capturing)')
+    assert 'error' not in rows[2] and 'ratio' not in rows[2]
+    assert 'failed: RuntimeError' in r.stdout and 'Traceback' in r.stderr
+
+
+def test_the_comparisons_are_printed_with_the_worst_tensor_named(tmp_path, monkeypatch, graph_step):
+    monkeypatch.setattr(graph_step, 'rates', lambda *args: (1000.0, 5000.0))
+    a = {'G.w': torch.zeros(2), 'sums': torch.ones(7)}
+    differing = {'G.w': torch.tensor([0.0, 3e-7]), 'sums': torch.ones(7)}
+
+    def check(recipe, batch_size, *args):
+        outcome = {}
+        for key, other in (('ready_repeatable', a), ('ready_is_train_step', differing),
+                           ('graph_warmup_identical', a), ('graph_identical', a)):
+            same, gap, where = graph_step.compare(a, other)
+            outcome.update({key: same, f'{key}_max_abs_diff': gap, f'{key}_worst': where})
+        return dict(outcome, nondeterministic_ops=[])
+    monkeypatch.setattr(graph_step, 'check', check)
+    out = tmp_path / 'graph.json'
+    r = run_in_process(graph_step.main, ['--recipes', 'spectral', '--batch_sizes', '32', '--json', str(out)])
+    assert r.returncode == 0, r.stderr
+    assert 'spectral     32  yes | no: 3e-07 in G.w | yes | yes' in r.stdout
+    row = json.loads(out.read_text())['rows'][0]
+    assert row['ratio'] == 5.0 and row['graph_identical'] and row['ready_is_train_step_worst'] == 'G.w'

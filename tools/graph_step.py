@@ -273,6 +273,20 @@ def failure(error):
     return line + (f' (from {type(cause).__name__}: {first_line(cause)})' if cause is not None else '')
 
 
+def attempt(row, error_key, measure, *args):
+    """measure(recipe, batch size, *args), or None where it raised: then the row keeps the error
+    under `error_key`, and the traceback goes to stderr."""
+    try:
+        return measure(row['recipe'], row['batch_size'], *args)
+    except Exception as e:
+        traceback.print_exc()
+        row[error_key] = failure(e)
+        print(f"{row['recipe']:9} {row['batch_size']:5}  failed: {row[error_key]}")
+        return None
+    finally:
+        torch.cuda.empty_cache()
+
+
 def parse_args(argv=None):
     p = OneLineArgumentParser(prog='graph_step.py', description=__doc__.split('\n\n')[0])
     p.add_argument('--recipes', nargs='+', choices=('spectral', 'batchnorm'), default=['spectral', 'batchnorm'],
@@ -307,16 +321,10 @@ def main(argv=None):
     # Rates first, then the comparisons: a capture that fails may leave the process unfit for more.
     print('recipe    batch  eager img/s  graph img/s  ratio')
     for row in rows:
-        try:
-            eager_rate, graph_rate = rates(row['recipe'], row['batch_size'], compute, args.warmup, args.windows,
-                                           args.seconds)
-        except Exception as e:
-            traceback.print_exc()
-            row['error'] = failure(e)
-            print(f"{row['recipe']:9} {row['batch_size']:5}  failed: {row['error']}")
+        measured = attempt(row, 'error', rates, compute, args.warmup, args.windows, args.seconds)
+        if measured is None:
             break
-        finally:
-            torch.cuda.empty_cache()
+        eager_rate, graph_rate = measured
         row.update(eager_images_per_s=eager_rate, graph_images_per_s=graph_rate, ratio=graph_rate / eager_rate)
         print(f"{row['recipe']:9} {row['batch_size']:5} {eager_rate:12.0f} {graph_rate:12.0f} {row['ratio']:5.2f}x")
     results['rows'] = rows
@@ -324,15 +332,9 @@ def main(argv=None):
         print('bit for bit (deterministic algorithms): the graph-ready step taken eagerly twice | it against '
               "train.py's step | the graph after its warm-up | after its replays, each against the first")
         for row in rows:
-            try:
-                outcome = check(row['recipe'], row['batch_size'], compute, args.warmup, args.replays)
-            except Exception as e:
-                traceback.print_exc()
-                row['check_error'] = failure(e)
-                print(f"{row['recipe']:9} {row['batch_size']:5}  failed: {row['check_error']}")
+            outcome = attempt(row, 'check_error', check, compute, args.warmup, args.replays)
+            if outcome is None:
                 break
-            finally:
-                torch.cuda.empty_cache()
             row.update(outcome)
             print(f"{row['recipe']:9} {row['batch_size']:5}  " + ' | '.join(
                 verdict(outcome, key) for key in ('ready_repeatable', 'ready_is_train_step', 'graph_warmup_identical',
