@@ -108,8 +108,7 @@ def state_tensors(gan, sums=None):
     tensors = {}
     for prefix, model in (('G', gan.G), ('D', gan.D), ('G_ema', gan.G_ema)):
         if model is not None:
-            tensors.update((f'{prefix}.{name}', t) for name, t in
-                           list(model.named_parameters()) + list(model.named_buffers()))
+            tensors.update((f'{prefix}.{name}', t) for name, t in model.state_dict().items())
     for prefix, opt in (('opt_g', gan.opt_g), ('opt_d', gan.opt_d)):
         for i, state in enumerate(opt.state.values()):
             tensors.update((f'{prefix}.{i}.{key}', state[key]) for key in sorted(state) if torch.is_tensor(state[key]))
@@ -196,9 +195,9 @@ def check(recipe, batch_size, compute, warmup, replays):
             # build() reseeds: every GAN starts from the same weights and random state
             ready = [eager_states(*built(recipe, batch_size, compute, True), warmup, replays, True) for _ in range(2)]
             plain = eager_states(*built(recipe, batch_size, compute, False), warmup, replays, False)
-            captured = CapturedStep(*built(recipe, batch_size, compute, True), warmup)
+            gan, batches = built(recipe, batch_size, compute, True)
+            captured = CapturedStep(gan, batches, warmup)
             graph_warm = state_tensors(captured.gan, captured.sums)
-            batches = batch_pool(batch_size, compute.device, captured.gan.memory_format)
             for step in range(warmup + 1, warmup + replays + 1):
                 captured(step, batches[(step - 1) % len(batches)])
             graph_end = state_tensors(captured.gan, captured.sums)
