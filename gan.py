@@ -267,10 +267,15 @@ class ColorizationGAN:
 
     # ------------------------------------------------------------ the training step
 
+    def scheduled_rates(self, step):
+        """[(optimizer, its learning rate at step `step`)] for both networks."""
+        return [(opt, learning_rate(base, step, self.args.lr_decay_rate, self.args.lr_decay_steps))
+                for opt, base in ((self.opt_g, self.args.base_lr_gen), (self.opt_d, self.args.base_lr_disc))]
+
     def set_learning_rates(self, step):
-        for opt, base in ((self.opt_g, self.args.base_lr_gen), (self.opt_d, self.args.base_lr_disc)):
+        for opt, lr in self.scheduled_rates(step):
             for group in opt.param_groups:
-                group['lr'] = learning_rate(base, step, self.args.lr_decay_rate, self.args.lr_decay_steps)
+                group['lr'] = lr
 
     def step(self, lab, step, global_images=None):
         """Optimizer step number `step` (counted from 1) on a Lab batch: this process's part of a

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cli import Compute, OneLineArgumentParser, UserError, first_line, gpu_description, number_in, run_cli  # noqa: E402
 from dataset import LabImages  # noqa: E402
-from gan import ColorizationGAN, ema_decay, learning_rate  # noqa: E402
+from gan import ColorizationGAN, ema_decay  # noqa: E402
 from options import RECIPES, parse_training_args  # noqa: E402
 
 BATCH_POOL = 8  # distinct batches the comparison and the timing cycle through
@@ -61,9 +61,9 @@ class GraphReadyGAN(ColorizationGAN):
 
     def prepare(self, step):
         """The host's part of step `step`, outside the graph: fills, no sync."""
-        for opt, base in ((self.opt_g, self.args.base_lr_gen), (self.opt_d, self.args.base_lr_disc)):
+        for opt, lr in self.scheduled_rates(step):
             for group in opt.param_groups:
-                group['lr'].fill_(learning_rate(base, step, self.args.lr_decay_rate, self.args.lr_decay_steps))
+                group['lr'].fill_(lr)
         self.average_rate.fill_(1.0 - ema_decay(self.args.ema_decay, step))
         self.step_number.fill_(step)
 
@@ -313,10 +313,10 @@ def main(argv=None):
     device = torch.device('cuda')
     flags = parse_training_args(['--device', 'cuda', '--precision', args.precision])
     compute = Compute.from_flags(flags, device)
-    results = {'gpu': gpu_description(device), 'torch': torch.__version__, 'precision': compute.precision,
-               'rows': []}
-    print(f"{results['gpu']}, torch {torch.__version__}, {compute.precision}")
     rows = [{'recipe': recipe, 'batch_size': batch_size} for recipe in args.recipes for batch_size in args.batch_sizes]
+    results = {'gpu': gpu_description(device), 'torch': torch.__version__, 'precision': compute.precision,
+               'rows': rows}
+    print(f"{results['gpu']}, torch {torch.__version__}, {compute.precision}")
     # Rates first, then the comparisons: a capture that fails may leave the process unfit for more.
     print('recipe    batch  eager img/s  graph img/s  ratio')
     for row in rows:
@@ -326,7 +326,6 @@ def main(argv=None):
         eager_rate, graph_rate = measured
         row.update(eager_images_per_s=eager_rate, graph_images_per_s=graph_rate, ratio=graph_rate / eager_rate)
         print(f"{row['recipe']:9} {row['batch_size']:5} {eager_rate:12.0f} {graph_rate:12.0f} {row['ratio']:5.2f}x")
-    results['rows'] = rows
     if not any('error' in row for row in rows):
         print('bit for bit (deterministic algorithms): the graph-ready step taken eagerly twice | it against '
               "train.py's step | the graph after its warm-up | after its replays, each against the first")
