@@ -32,15 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import pictures
+from core import pictures
 import utils
-from cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, gpu_description,
+from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, gpu_description,
                  number_in, run_cli)
 from dataset import DATASETS, LabImages, load_split
-from folders import FolderImages
-from gan import ColorizationGAN, learning_rate, use_channels_last
+from core.folders import FolderImages
+from training.gan import ColorizationGAN, learning_rate, use_channels_last
 from models import IMAGE_SIZES, Discriminator, Generator, init_weights
-from options import RECIPES as TRAINING_RECIPES, parse_training_args
+from training.options import RECIPES as TRAINING_RECIPES, parse_training_args
 
 # The default flags, and the reference's spectral-norm recipe.
 RECIPES = {'default': [], 'spectral': TRAINING_RECIPES['spectral']}

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import checkpoints
+from storage import checkpoints
 import dataset
-import pictures
+from core import pictures
 import utils
-from cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
+from core.cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff')

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import torch
 
-from cli import UserError
-from pictures import rgb_to_lab
+from core.cli import UserError
+from core.pictures import rgb_to_lab
 
 CIFAR_FOLDER = 'cifar-10-batches-py'
 # The names of the labels 0 to 9 (batches.meta of the official archive).
@@ -198,6 +198,6 @@ def open_splits(args, procs, pin_memory=False):
 def open_split(dataset, data_path, train, image_size=32, num_workers=0, pin_memory=False):
     """One split of a data set: the training images, or the ones a run validates and test.py scores."""
     if dataset == 'folder':
-        from folders import FolderImages
+        from core.folders import FolderImages
         return FolderImages(data_path, 'train' if train else 'val', image_size, num_workers, pin_memory)
     return load_split(data_path, train=train)

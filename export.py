@@ -11,10 +11,10 @@ import json
 import os
 import sys
 
-import checkpoints
-import modelcard
+from storage import checkpoints
+from storage import modelcard
 import utils
-from cli import OneLineArgumentParser, UserError, run_cli
+from core.cli import OneLineArgumentParser, UserError, run_cli
 
 
 def parse_args(argv=None):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convolutions import MatmulConv2d, MatmulConvTranspose2d
+from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
 from spectral import spectral_norm
 
 GENERATOR_NORMS = ('batch', 'instance')

@@ -8,8 +8,8 @@ running or finished runs to compare them.
 import os
 import sys
 
-from cli import OneLineArgumentParser, run_cli
-from curves import draw_runs
+from core.cli import OneLineArgumentParser, run_cli
+from metrics.curves import draw_runs
 
 
 def parse_args(argv=None):

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import checkpoints
-import classifier
+from storage import checkpoints
+from metrics import classifier
 import dataset
-import fid
-import pictures
-import provenance
-import published
+from metrics import fid
+from core import pictures
+from storage import provenance
+from storage import published
 import utils
-from cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
-from scores import ColorizationScores
+from core.cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
+from metrics.scores import ColorizationScores
 
 GRID_ROWS = 14
 CLASSES_PRINTED = 10

@@ -17,20 +17,20 @@ import time
 import torch
 from tqdm import tqdm
 
-import checkpoints
-import classifier
-import curves
+from storage import checkpoints
+from metrics import classifier
+from metrics import curves
 import dataset
-import distributed
-import pictures
-import provenance
-import remedies
-import scores
+from training import distributed
+from core import pictures
+from storage import provenance
+from training import remedies
+from metrics import scores
 import utils
-from cli import Compute, UserError, pick_device, run_cli
-from gan import STAT_NAMES, ColorizationGAN, NonFiniteLoss, summarize
-from options import parse_training_args as parse_args
-from runlog import TensorBoardLog
+from core.cli import Compute, UserError, pick_device, run_cli
+from training.gan import STAT_NAMES, ColorizationGAN, NonFiniteLoss, summarize
+from training.options import parse_training_args as parse_args
+from training.runlog import TensorBoardLog
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 
-from cli import UserError
+from core.cli import UserError
 
 
 def atomic_write(path, write_fn, mode='wb'):

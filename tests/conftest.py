@@ -115,7 +115,7 @@ def lab_batch(n, seed=5):
     """n smooth images as a (n, 3, 32, 32) Lab batch in network scale, as the networks see them."""
     import torch
 
-    from pictures import rgb_to_lab
+    from core.pictures import rgb_to_lab
     lab = torch.from_numpy(rgb_to_lab(smooth_images(n, seed=seed), network_scale=True))
     return lab.permute(0, 3, 1, 2).contiguous()
 
@@ -170,7 +170,7 @@ def run_in_process(main, argv):
     one line on stderr and exit code 2; argparse exits with its own code) and return a
     CompletedProcess with the exit code and what it printed: the same checks as a subprocess,
     without an interpreter start-up per run. Signals and crashes still need real processes."""
-    from cli import run_cli
+    from core.cli import run_cli
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -226,7 +226,7 @@ def cpu_precisions():
     """fp32 and bf16 for tests of training on a CPU; bf16 skipped where this CPU emulates it (no
     AVX512-BF16 or AMX): train.py refuses it there, and emulated, it made these tests minutes long
     (their bf16 cases run wherever a CPU or GPU has native bf16)."""
-    from cli import cpu_has_native_bf16
+    from core.cli import cpu_has_native_bf16
     if cpu_has_native_bf16():
         return ['fp32', 'bf16']
     return ['fp32', pytest.param('bf16', marks=pytest.mark.skip(reason='this CPU emulates bf16 (train.py refuses it)'))]

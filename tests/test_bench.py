@@ -57,7 +57,7 @@ def test_the_reference_style_data_path_decodes_what_the_project_converts_in_memo
     import torch
 
     import bench
-    import pictures
+    from core import pictures
     from conftest import smooth_images
     rgb = smooth_images(6, seed=3)
     bench.write_pngs(rgb, str(tmp_path))

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import calibration
+from core import calibration
 from conftest import command_line, run_in_process, run_train, train_command
 
 

@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import checkpoints
+from storage import checkpoints
 import colorize
 import export
 import utils
-from cli import UserError
+from core.cli import UserError
 from conftest import ROOT, command_line, run_in_process, run_train, train_command
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import classifier
+from metrics import classifier
 import dataset
-from cli import UserError
+from core.cli import UserError
 from conftest import ROOT, SHARED_DATA, run_in_process
 
 

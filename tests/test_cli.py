@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-import cli
-from cli import UserError
+from core import cli
+from core.cli import UserError
 from conftest import ROOT, command_line, run_in_process
 
 

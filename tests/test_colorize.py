@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import colorize
-import pictures
-from checkpoints import load_generator
-from cli import Compute, run_cli
+from core import pictures
+from storage.checkpoints import load_generator
+from core.cli import Compute, run_cli
 from conftest import ROOT
 from models import Generator
 
@@ -191,7 +191,7 @@ def test_a_failed_write_is_reported_and_the_others_are_still_written(checkpoints
 @pytest.fixture(scope='module')
 def model_64(tmp_path_factory):
     """An untrained 64-pixel (Nazeri) generator as a generator file, its statistics made distinct."""
-    import checkpoints as checkpoint_files
+    from storage import checkpoints as checkpoint_files
     from models import build_generator
     torch.manual_seed(1)
     G = build_generator(64, 'batch', 0.5)

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-import convolutions
+from core import convolutions
 from models import Discriminator, Generator
 
 

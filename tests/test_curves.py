@@ -5,7 +5,7 @@ import os
 import cv2
 import pytest
 
-import curves
+from metrics import curves
 
 COLUMNS = ('epoch', 'step', 'phase', 'g_adv', 'g_l1', 'g_loss', 'd_loss', 'd_acc', 'd_acc_real', 'd_acc_fake',
            'images', 'seconds', 'skipped_steps', 'lr_gen', 'lr_disc')

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import dataset
-from cli import UserError
+from core.cli import UserError
 from conftest import SHARED_DATA, QuietFileHandler, make_tiny_cifar, smooth_images
-from pictures import rgb_to_lab
+from core.pictures import rgb_to_lab
 
 
 def test_split_is_decoded_to_lab_in_memory(tiny_cifar):

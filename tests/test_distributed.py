@@ -8,12 +8,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-import checkpoints
-import distributed
-from cli import Compute
+from storage import checkpoints
+from training import distributed
+from core.cli import Compute
 from conftest import lab_batch
-from gan import ColorizationGAN
-from options import parse_training_args
+from training.gan import ColorizationGAN
+from training.options import parse_training_args
 
 
 def free_port():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import checkpoints
+from storage import checkpoints
 import colorize
 import export
 from conftest import command_line, run_in_process

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import fid
-from cli import UserError
+from metrics import fid
+from core.cli import UserError
 from conftest import command_line, make_tiny_cifar, run_in_process
 
 

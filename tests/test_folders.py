@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import folders
-from cli import UserError
-from folders import FolderImages, list_images
-from pictures import rgb_to_lab
+from core import folders
+from core.cli import UserError
+from core.folders import FolderImages, list_images
+from core.pictures import rgb_to_lab
 
 H, W = 40, 48  # larger than the 32x32 squares, and not square: resizing and cropping matter
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import gan as gan_module
-from cli import Compute
+from training import gan as gan_module
+from core.cli import Compute
 from conftest import cpu_precisions, lab_batch
-from gan import ColorizationGAN, NonFiniteLoss, learning_rate, summarize
-from options import parse_training_args
+from training.gan import ColorizationGAN, NonFiniteLoss, learning_rate, summarize
+from training.options import parse_training_args
 
 
 def fixed_batch(n=16):
@@ -331,7 +331,7 @@ def test_a_spectral_norm_discriminator_keeps_its_three_passes():
 def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_form(disc_norm, precision):
     """Also where an activation follows a matrix-product layer directly (the spectral recipe's
     D.down4): the activations that run in place must not touch a custom function's output."""
-    import convolutions
+    from core import convolutions
     gan = ColorizationGAN(parse_training_args(['--disc_norm', disc_norm, '--batch_size', '4']),
                           Compute(torch.device('cpu'), precision))
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32

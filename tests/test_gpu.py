@@ -14,8 +14,8 @@ import colorize
 import train
 from conftest import ROOT, command_line, run_in_process
 from dataset import LabImages
-from gan import ColorizationGAN
-from options import parse_training_args
+from training.gan import ColorizationGAN
+from training.options import parse_training_args
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')]
@@ -65,7 +65,7 @@ def test_the_gpu_random_state_is_saved_and_restored(tiny_cifar, tmp_path):
     ck = str(tmp_path / 'ck')
     assert run_in_process(train.main, train_args(tiny_cifar, ck, '--max_steps', '2')).returncode == 0
     ckpt = torch.load(os.path.join(ck, 'checkpoint_ep0.pt'), weights_only=True)
-    import distributed
+    from training import distributed
     torch.cuda.manual_seed(12345)
     distributed.restore_random_state(ckpt, distributed.Processes(), 0, torch.device('cuda'))
     assert torch.equal(torch.cuda.get_rng_state(), ckpt['rng_cuda'][0])
@@ -90,7 +90,7 @@ def test_a_checkpoint_made_on_the_cpu_resumes_on_the_gpu(tiny_cifar, tmp_path):
 @pytest.mark.parametrize('nan_policy', ['stop', 'skip'])
 def test_a_training_step_makes_no_host_device_sync(disc_norm, nan_policy):
     args = parse_training_args(['--disc_norm', disc_norm, '--nan_policy', nan_policy, '--device', 'cuda'])
-    from cli import Compute
+    from core.cli import Compute
     gan = ColorizationGAN(args, Compute.from_flags(args))
     images = LabImages(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.zeros(64))
     batches = images.batches(16, shuffle=True, flip=True, generator=torch.Generator().manual_seed(0), device='cuda')
@@ -118,7 +118,7 @@ def test_batches_gathered_on_the_gpu_equal_the_cpus_bit_for_bit():
 
 
 def test_auto_precision_names_what_this_gpu_runs_natively():
-    from cli import resolve_precision
+    from core.cli import resolve_precision
     native = torch.cuda.get_device_capability() >= (8, 0)
     assert resolve_precision('auto', torch.device('cuda')) == ('bf16' if native else 'fp32')
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_in_process
-from gan import ema_decay, learning_rate
-from options import RECIPES, parse_training_args
+from training.gan import ema_decay, learning_rate
+from training.options import RECIPES, parse_training_args
 
 TOOL = os.path.join(ROOT, 'tools', 'graph_step.py')
 
@@ -27,7 +27,7 @@ def load_tool():
 def graph_step(monkeypatch):
     """The tool, told that a GPU is there (main's bookkeeping runs on the CPU; the measurements are
     replaced by each test)."""
-    from cli import Compute
+    from core.cli import Compute
     tool = load_tool()
     monkeypatch.setattr(tool.torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(tool, 'gpu_description', lambda device: 'a test GPU')
@@ -42,7 +42,7 @@ def graph_step(monkeypatch):
 ])
 def test_the_graph_ready_step_is_train_pys_step_bit_for_bit(recipe, flags, monkeypatch):
     graph_step = load_tool()
-    from cli import Compute
+    from core.cli import Compute
     # A fast learning-rate decay and the averaging rate's warm-up: the per-step numbers change every step.
     args = parse_training_args(RECIPES[recipe] + flags + ['--batch_size', '4', '--autotune', 'off',
                                                           '--lr_decay_steps', '3', '--ema_decay', '0.999'])

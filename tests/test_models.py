@@ -101,7 +101,7 @@ MATMUL_CASES = [  # (kernel, stride, padding, input size): the networks' geometr
 def test_matrix_product_convolutions_equal_the_library_and_its_gradients(transposed, k, s, p, size, memory_format):
     """The matrix-product path in float64 (the layers use it in bf16 only) against F.conv2d and
     F.conv_transpose2d: outputs, and the gradients of input, weight and bias."""
-    from convolutions import _ConvByMatmul, _ConvTransposeByMatmul
+    from core.convolutions import _ConvByMatmul, _ConvTransposeByMatmul
     torch.manual_seed(0)
     shape = (5, 7, k, k) if transposed else (7, 5, k, k)
     weight = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
@@ -123,7 +123,7 @@ def test_matrix_product_convolutions_equal_the_library_and_its_gradients(transpo
 
 
 def test_two_form_layers_run_the_form_set_for_their_precision():
-    from convolutions import MatmulConv2d, MatmulConvTranspose2d
+    from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
     for layer, size in [(MatmulConv2d(4, 6, 4, 2, 1), 8), (MatmulConvTranspose2d(4, 6, 4, 2, 1), 4)]:
         x = torch.randn(2, 4, size, size)
         assert 'Convolution' in type(layer(x).grad_fn).__name__  # nothing measured, fp32: the library's kernel
@@ -137,7 +137,7 @@ def test_two_form_layers_run_the_form_set_for_their_precision():
 
 
 def test_matmul_layers_under_bf16_autocast():
-    from convolutions import MatmulConv2d, MatmulConvTranspose2d
+    from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
     torch.manual_seed(0)
     for fast_cls, lib_cls, size in [(MatmulConv2d, nn.Conv2d, 8), (MatmulConvTranspose2d, nn.ConvTranspose2d, 4)]:
         fast = fast_cls(64, 32, 4, 2, 1).to(memory_format=torch.channels_last)

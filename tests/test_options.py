@@ -3,7 +3,7 @@ import pytest
 
 import train
 from conftest import run_in_process
-from options import RECIPES, parse_training_args
+from training.options import RECIPES, parse_training_args
 
 # The reference's two published command lines (SPEC.md), as typed there.
 PUBLISHED = {

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-import pictures
+from core import pictures
 
 
 def cie_lab_reference(rgb_uint8):

@@ -4,10 +4,10 @@ import os
 import cv2
 import pytest
 
-import curves
+from metrics import curves
 import plot
 from conftest import run_in_process
-from cli import UserError
+from core.cli import UserError
 from test_curves import COLUMNS, check_picture, write_log, write_run
 
 

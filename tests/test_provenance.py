@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import provenance
+from storage import provenance
 
 
 def git(folder, *args):

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-import published
-from cli import UserError
+from storage import published
+from core.cli import UserError
 
 
 @pytest.mark.parametrize('name, words', [('page.pt', 'web page'), ('cut.pt', 'corrupt, truncated'),

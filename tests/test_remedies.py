@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import remedies
-import scores
+from training import remedies
+from metrics import scores
 from conftest import lab_batch, run_train, smooth_images, train_command
 from dataset import LabImages
-from gan import ColorizationGAN
-from options import parse_training_args
-from pictures import network_to_rgb
+from training.gan import ColorizationGAN
+from training.options import parse_training_args
+from core.pictures import network_to_rgb
 
 
 # ---------------------------------------------------------------- colour-enhanced targets
@@ -145,7 +145,7 @@ def test_a_run_with_every_remedy_trains_and_lists_what_the_filter_dropped(tiny_c
 @pytest.mark.parametrize('name', ['spectral'])
 def test_a_recipe_by_name_is_its_command_line_run(name, tiny_cifar, tmp_path):
     """The same args.json but for the recipe's name and the folders, and the same weights."""
-    from options import RECIPES
+    from training.options import RECIPES
     runs = {}
     for how, flags in (('named', ['--recipe', name]), ('typed', RECIPES[name])):
         ck = str(tmp_path / how)

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-import runlog
+from training import runlog
 
 STEPS = list(range(20, 121, 20))
 NOTICE = 'training goes on without TensorBoard'

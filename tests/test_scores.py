@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-import scores
+from metrics import scores
 
 
 def random_images(n=50, seed=0):

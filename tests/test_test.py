@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-import pictures
-import published
+from core import pictures
+from storage import published
 from conftest import ROOT, command_line, run_in_process
 from dataset import CLASS_NAMES, load_split
 from models import Generator
@@ -167,7 +167,7 @@ def test_offline_test_py_ends_at_once_with_one_line(tiny_cifar, tmp_path, monkey
 
 
 def test_test_py_scores_a_folder_per_class_at_the_models_size(tiny_folder, tmp_path):
-    import checkpoints
+    from storage import checkpoints
     from models import build_generator
     torch.manual_seed(0)
     path = str(tmp_path / 'g64.safetensors')
@@ -198,7 +198,7 @@ def test_test_py_scores_colour_gap_semantic_accuracy_and_classifier_fd_for_every
     classifier FD, overall and per class, printed and in metrics.json; the truth's FD is 0 and its
     ΔCF 0; a grey row's ΔCF is the truth's colourfulness; the classifier's accuracy on the truth is
     what classifier.top1 gives on the same images."""
-    import classifier
+    from metrics import classifier
     from test_classifier import small_classifier
     torch.manual_seed(0)
     ckpt, out, judge_path = str(tmp_path / 'g.pt'), str(tmp_path / 'out'), str(tmp_path / 'c.safetensors')

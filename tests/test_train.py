@@ -13,10 +13,10 @@ import time
 import pytest
 import torch
 
-import checkpoints
-import distributed
+from storage import checkpoints
+from training import distributed
 import train
-from cli import Compute, UserError
+from core.cli import Compute, UserError
 from conftest import ROOT, SHARED_DATA, command_line, lab_batch, run_in_process, run_train, train_command
 from models import Discriminator, Generator
 

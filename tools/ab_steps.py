@@ -27,10 +27,15 @@ import torch
 batch_size, precision, recipe = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 import bench
 images = bench.synthetic_images(max(2048, 4 * batch_size))
-if os.path.exists('gan.py'):
-    from cli import Compute
-    from gan import ColorizationGAN
-    from options import parse_training_args
+if os.path.exists('gan.py') or os.path.exists('training/gan.py'):
+    if os.path.exists('gan.py'):  # the flat layout, before the packages
+        from cli import Compute
+        from gan import ColorizationGAN
+        from options import parse_training_args
+    else:
+        from core.cli import Compute
+        from training.gan import ColorizationGAN
+        from training.options import parse_training_args
     args = parse_training_args(['--batch_size', str(batch_size), '--precision', precision, *recipe])
     compute = Compute.from_flags(args)
     gan = ColorizationGAN(args, compute)

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from cli import OneLineArgumentParser, UserError, number_in, run_cli  # noqa: E402
+from core.cli import OneLineArgumentParser, UserError, number_in, run_cli  # noqa: E402
 from dataset import CLASS_NAMES, load_split  # noqa: E402
 
 SPLITS = (('train', True), ('val', False))  # folder name, CIFAR-10 training split or not

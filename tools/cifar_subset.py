@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cli import OneLineArgumentParser  # noqa: E402
+from core.cli import OneLineArgumentParser  # noqa: E402
 from dataset import CIFAR_FOLDER, CLASS_NAMES, TEST_FILES, TRAIN_FILES, find_cifar_folder, read_batch_file  # noqa: E402
 
 LIMIT_BYTES = 40_000_000

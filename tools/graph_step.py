@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cli import Compute, OneLineArgumentParser, UserError, first_line, gpu_description, number_in, run_cli  # noqa: E402
+from core.cli import Compute, OneLineArgumentParser, UserError, first_line, gpu_description, number_in, run_cli  # noqa: E402
 from dataset import LabImages  # noqa: E402
-from gan import ColorizationGAN, ema_decay  # noqa: E402
-from options import RECIPES, parse_training_args  # noqa: E402
+from training.gan import ColorizationGAN, ema_decay  # noqa: E402
+from training.options import RECIPES, parse_training_args  # noqa: E402
 
 BATCH_POOL = 8  # distinct batches the comparison and the timing cycle through
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import classifier  # noqa: E402
+from metrics import classifier  # noqa: E402
 import dataset  # noqa: E402
-from cli import Compute, OneLineArgumentParser, add_compute_flags, cpu_description, number_in, run_cli  # noqa: E402
+from core.cli import Compute, OneLineArgumentParser, add_compute_flags, cpu_description, number_in, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -17,7 +17,7 @@ import warnings
 import torch
 
 import models
-from cli import UserError, first_line
+from core.cli import UserError, first_line
 from utils import atomic_write, remove_torn_writes
 
 # The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed. A
@@ -259,7 +259,7 @@ def generator_for_use(path, compute, training_images, ckpt=None):
     """The generator of `path` ready to colorize: eval mode, exact batch-norm statistics. Where
     the file lacks them (a mid-epoch checkpoint), they are computed as train.py does at an epoch's
     end, over the training images `training_images(run_args)` returns. Returns (G, run_args)."""
-    from calibration import recalibrate_generator
+    from core.calibration import recalibrate_generator
     G, exact, run_args = load_generator(path, compute.device, ckpt)
     if not exact:
         print(f"{path}: a mid-epoch checkpoint; computing its exact batch-norm statistics as train.py would")

@@ -13,7 +13,7 @@ import io
 import os
 
 import utils
-from cli import UserError
+from core.cli import UserError
 
 STEP_PANELS = (('g_l1', 'generator L1 loss'), ('g_adv', 'generator adversarial loss'),
                ('d_loss', 'discriminator loss'), ('d_acc', 'discriminator accuracy'))

@@ -1,9 +1,9 @@
 """The flags of a training run (train.py's command line): names, defaults, ranges and checks."""
 import sys
 
-from checkpoints import STEP_CHECKPOINTS_KEPT
-from classifier import DEFAULT_PATH as CLASSIFIER_PATH
-from cli import OneLineArgumentParser, add_compute_flags, number_in
+from storage.checkpoints import STEP_CHECKPOINTS_KEPT
+from metrics.classifier import DEFAULT_PATH as CLASSIFIER_PATH
+from core.cli import OneLineArgumentParser, add_compute_flags, number_in
 from dataset import DATASETS
 from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
 

@@ -48,11 +48,11 @@ def _git(folder, *args):
 
 def code_version(folder=None):
     """{'commit': the checked-out commit (hex str), 'dirty': whether tracked files differ from it};
-    both None when `folder` (default: this module's folder) is not in a git checkout, git is
+    both None when `folder` (default: the repository's folder) is not in a git checkout, git is
     missing, or anything else goes wrong."""
     unknown = {'commit': None, 'dirty': None}
     try:
-        folder = os.path.dirname(os.path.abspath(__file__)) if folder is None else os.fspath(folder)
+        folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) if folder is None else os.fspath(folder)
         head = _git(folder, 'rev-parse', '--verify', '--quiet', 'HEAD')
         commit = head.strip() if head is not None else ''
         if not COMMIT.fullmatch(commit):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import scores
+from metrics import scores
 
 # ab histogram (Lab units, network scale x 127): bins of 10 as Zhang et al.'s, over [-130, 130)
 # so that OpenCV's whole float range (about +-127) falls inside; values outside go to the edge bins.

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-from cli import UserError
+from core.cli import UserError
 from utils import atomic_write
 
 

@@ -2,7 +2,7 @@
 report (the classifier's measures are in classifier.py, FID in fid.py)."""
 import numpy as np
 
-from pictures import rgb_to_lab
+from core.pictures import rgb_to_lab
 
 
 def colorfulness(rgb_uint8):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError, first_line
+from core.cli import UserError, first_line
 
 # torch-fidelity's release of the TF-FID Inception weights (what its own loader fetches)
 WEIGHTS_URL = ('https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/'

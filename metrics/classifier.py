@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cli import UserError, first_line
+from core.cli import UserError, first_line
 
 WIDTHS = (64, 128, 256)
 STEM_WIDTH = 32
 # CIFAR-10's training images, per channel on 0..255 (shared/data/README.md)
 RGB_MEAN = (125.31, 122.95, 113.87)
 RGB_STD = (62.99, 62.09, 66.70)
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', 'cifar10_classifier.safetensors')
+DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'weights', 'cifar10_classifier.safetensors')
 
 
 def conv_bn_gelu(c_in, c_out, pool=False):

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from cli import UserError
-from pictures import rgb_to_lab
+from core.cli import UserError
+from core.pictures import rgb_to_lab
 from utils import atomic_write
 
 EXTENSIONS = (b'jpg', b'jpeg', b'png', b'webp', b'bmp', b'tif', b'tiff')

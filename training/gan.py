@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import convolutions
-import distributed
+from core import convolutions
+from training import distributed
 import models
-import remedies
-from calibration import recalibrate_generator
-from cli import Compute, cpu_description
+from training import remedies
+from core.calibration import recalibrate_generator
+from core.cli import Compute, cpu_description
 
 STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
 # Layer forms are timed on at most this many images, so the measurement stays within seconds.
