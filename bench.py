@@ -32,14 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from core import pictures
 import utils
+from core import pictures
 from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, gpu_description,
                  number_in, run_cli)
 from dataset import DATASETS, LabImages, load_split
+from models import IMAGE_SIZES, Discriminator, Generator, init_weights
 from core.folders import FolderImages
 from training.gan import ColorizationGAN, learning_rate, use_channels_last
-from models import IMAGE_SIZES, Discriminator, Generator, init_weights
+from training.layer_forms import choose_layer_forms
 from training.options import RECIPES as TRAINING_RECIPES, parse_training_args
 
 # The default flags, and the reference's spectral-norm recipe.
@@ -190,7 +191,7 @@ def project_step(flags, batch_size, images, compute, channels_last, autotune, po
     in advance, so that the timing holds the step alone)."""
     args = recipe_args(flags, batch_size, autotune=autotune, channels_last='on' if channels_last else 'off')
     gan = ColorizationGAN(args, compute)
-    _, forms_line = gan.choose_layer_forms()
+    _, forms_line = choose_layer_forms(gan)
     if pool is None:
         batches = endless_batches(images, batch_size, compute.device, gan.memory_format)
     else:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from storage import checkpoints
 import dataset
-from core import pictures
 import utils
+from core import pictures
 from core.cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
+from storage import checkpoints
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff')

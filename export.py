@@ -11,10 +11,9 @@ import json
 import os
 import sys
 
-from storage import checkpoints
-from storage import modelcard
 import utils
 from core.cli import OneLineArgumentParser, UserError, run_cli
+from storage import checkpoints, modelcard
 
 
 def parse_args(argv=None):

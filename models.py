@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
 from spectral import spectral_norm
+from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
 
 GENERATOR_NORMS = ('batch', 'instance')
 DISCRIMINATOR_NORMS = ('batch', 'instance', 'spectral')

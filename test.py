@@ -17,16 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from storage import checkpoints
-from metrics import classifier
 import dataset
-from metrics import fid
-from core import pictures
-from storage import provenance
-from storage import published
 import utils
+from core import pictures
 from core.cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
+from metrics import classifier, fid
 from metrics.scores import ColorizationScores
+from storage import checkpoints, provenance, published
 
 GRID_ROWS = 14
 CLASSES_PRINTED = 10

@@ -17,18 +17,15 @@ import time
 import torch
 from tqdm import tqdm
 
-from storage import checkpoints
-from metrics import classifier
-from metrics import curves
 import dataset
-from training import distributed
-from core import pictures
-from storage import provenance
-from training import remedies
-from metrics import scores
 import utils
+from core import pictures
 from core.cli import Compute, UserError, pick_device, run_cli
+from metrics import classifier, curves, scores
+from storage import checkpoints, provenance
+from training import distributed, remedies
 from training.gan import STAT_NAMES, ColorizationGAN, NonFiniteLoss, summarize
+from training.layer_forms import choose_layer_forms
 from training.options import parse_training_args as parse_args
 from training.runlog import TensorBoardLog
 
@@ -134,7 +131,7 @@ def set_up(args, compute, procs):
     made_by = provenance.provenance()
     spent = collections.Counter()  # seconds per kind of work, for the closing line
     with timed(spent, 'layer forms'):
-        layer_forms, forms_line = gan.choose_layer_forms(saved_forms)
+        layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
         train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
@@ -271,9 +268,9 @@ def show_progress(bar, sums, started):
 
 
 def check_losses(run, epoch):
-    """The device-side NaN check's report since the last one (gan.take_finite_report): skipped
+    """The device-side NaN check's report since the last one (NanWatch.take_report): skipped
     steps are counted; a non-finite loss under --nan_policy stop ends the run as skip_step says."""
-    skipped, error = run.gan.take_finite_report()
+    skipped, error = run.gan.nan_watch.take_report()
     if skipped:
         run.skipped += skipped
         if run.procs.is_main:

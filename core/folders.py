@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from utils import atomic_write
 from core.cli import UserError
 from core.pictures import rgb_to_lab
-from utils import atomic_write
 
 EXTENSIONS = (b'jpg', b'jpeg', b'png', b'webp', b'bmp', b'tif', b'tiff')
 _EXTENSIONS = frozenset(EXTENSIONS)

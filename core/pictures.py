@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import torch
 
-from core.cli import UserError
 from utils import atomic_write
+from core.cli import UserError
 
 
 # ---------------------------------------------------------------- Lab conversion

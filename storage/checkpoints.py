@@ -17,8 +17,8 @@ import warnings
 import torch
 
 import models
-from core.cli import UserError, first_line
 from utils import atomic_write, remove_torn_writes
+from core.cli import UserError, first_line
 
 # The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed. A
 # checkpoint of the previous release has no image_size: it is of the 32x32 networks.

@@ -3,8 +3,8 @@ import os
 import shutil
 import tempfile
 
-from storage.checkpoints import generator_state, load_checkpoint
 from core.cli import UserError, first_line
+from storage.checkpoints import generator_state, load_checkpoint
 
 
 # The generators the reference published (its test.py), as (label, address).

@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import functools
 import http.server
 import importlib.machinery
@@ -87,6 +88,14 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if getattr(config, 'memory_basetemp', None):
         shutil.rmtree(config.memory_basetemp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _layer_forms_cache_of_its_own(tmp_path_factory, monkeypatch):
+    """Each test's runs store their layer forms in a cache of the test's own (beside its tmp_path,
+    not in it), never in the user's."""
+    folder = tmp_path_factory.mktemp('layer_forms_cache', numbered=True)
+    monkeypatch.setenv('COLORIZATION_LAYER_FORMS_CACHE', str(folder / 'layer_forms.json'))
 
 
 @pytest.fixture(autouse=True)
@@ -230,3 +239,25 @@ def cpu_precisions():
     if cpu_has_native_bf16():
         return ['fp32', 'bf16']
     return ['fp32', pytest.param('bf16', marks=pytest.mark.skip(reason='this CPU emulates bf16 (train.py refuses it)'))]
+
+
+def everything_a_step_changes(g):
+    """Every tensor a step may change: weights, buffers, optimizer states, the averaged generator, the scaler."""
+    state = {f'G.{k}': v.clone() for k, v in g.G.state_dict().items()}
+    state.update({f'D.{k}': v.clone() for k, v in g.D.state_dict().items()})
+    state.update({f'EMA.{k}': v.clone() for k, v in g.G_ema.state_dict().items()})
+    for name, opt in (('opt_g', g.opt_g), ('opt_d', g.opt_d)):
+        for i, s in opt.state_dict()['state'].items():
+            state.update({f'{name}.{i}.{k}': v.clone() for k, v in s.items()})
+    state['scaler'] = copy.deepcopy(g.scaler.state_dict())
+    return state
+
+
+def assert_unchanged(before, after):
+    import torch
+    assert before.keys() == after.keys()
+    for key in before:
+        if key == 'scaler':
+            assert before[key] == after[key]
+        else:
+            assert torch.equal(before[key], after[key]), key

@@ -102,7 +102,7 @@ def test_a_training_step_makes_no_host_device_sync(disc_norm, nan_policy):
             gan.step(lab.contiguous(memory_format=gan.memory_format), step)
     finally:
         torch.cuda.set_sync_debug_mode('default')
-    assert gan.take_finite_report() == (0, None)
+    assert gan.nan_watch.take_report() == (0, None)
 
 
 def test_batches_gathered_on_the_gpu_equal_the_cpus_bit_for_bit():

@@ -8,7 +8,7 @@ from metrics import curves
 import plot
 from conftest import run_in_process
 from core.cli import UserError
-from test_curves import COLUMNS, check_picture, write_log, write_run
+from logfiles import COLUMNS, check_picture, write_run
 
 
 @pytest.mark.parametrize('content', [None, '', ','.join(COLUMNS) + '\n'])

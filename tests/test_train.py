@@ -110,32 +110,69 @@ def test_short_run_on_real_cifar10(tmp_path):
     assert os.path.isfile(tmp_path / 's' / 'epoch_000.png')
 
 
-def assert_same_state(a, b):
-    for key in ['generator_train', 'discriminator']:
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f'{key}.{name} differs'
-    for key in ['opt_gen', 'opt_disc']:
-        for i, state in a[key]['state'].items():
-            for name, value in state.items():
-                assert torch.equal(value, b[key]['state'][i][name]), f'{key}[{i}].{name} differs'
+def assert_same_checkpoint(a, b, path=''):
+    """Every value of two checkpoints equal, tensors bit for bit: both networks, the averaged
+    generator, the optimizers, the scaler, the random states, the layer forms, the position;
+    only the options differ (each run its own folders)."""
+    assert type(a) is type(b), f'{path} differs in type'
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f'{path}: keys {sorted(a.keys() ^ b.keys())} in one only'
+        for key in a:
+            if path or key != 'args':
+                assert_same_checkpoint(a[key], b[key], f'{path}.{key}' if path else str(key))
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f'{path} differs in length'
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_checkpoint(x, y, f'{path}[{i}]')
+    elif torch.is_tensor(a):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f'{path} differs'
+    else:
+        assert a == b, f'{path}: {a!r} != {b!r}'
+
+
+def test_the_checkpoint_comparison_sees_a_lost_average_and_a_changed_random_state(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    assert run_train(train_command(tiny_cifar, ck, '--max_steps', '1', '--val_batches', '1')).returncode == 0
+    a = load(os.path.join(ck, 'checkpoint_ep0.pt'))
+    assert_same_checkpoint(a, load(os.path.join(ck, 'checkpoint_ep0.pt')))
+    for key in ('generator', 'rng'):
+        b = load(os.path.join(ck, 'checkpoint_ep0.pt'))
+        t = b[key]['down1.model.0.weight'] if key == 'generator' else b[key]
+        t.view(-1)[0] += 1
+        with pytest.raises(AssertionError, match=key):
+            assert_same_checkpoint(a, b)
 
 
 def test_stopping_and_resuming_gives_the_same_weights_bit_for_bit(tiny_cifar, tmp_path):
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-    # Two separate runs match bit for bit only with the same layer forms: --autotune off fixes them
-    # (a resumed run reuses its checkpoint's forms: test_a_resumed_run_keeps_its_layer_forms).
-    fixed = ['--autotune', 'off', '--batch_size', '16', '--val_batches', '1']  # 5 batches an epoch
-    assert run_train(train_command(tiny_cifar, straight, '--max_epoch', '1', *fixed)).returncode == 0
+    # The default --autotune on: the first run measures the layer forms and stores them, the
+    # others take them from the cache; the resumed one from its checkpoint.
+    flags = ['--autotune', 'on', '--batch_size', '16', '--val_batches', '1']  # 5 batches an epoch
+    assert run_train(train_command(tiny_cifar, straight, '--max_epoch', '1', *flags)).returncode == 0
     # stop inside epoch 0 (3 of its 5 batches), then resume the same epoch and finish
-    assert run_train(train_command(tiny_cifar, split, '--max_epoch', '1', '--max_steps', '3', *fixed)).returncode == 0
+    assert run_train(train_command(tiny_cifar, split, '--max_epoch', '1', '--max_steps', '3', *flags)).returncode == 0
     assert load(os.path.join(split, 'checkpoint_ep0.pt'))['batches_done'] == 3
-    r = run_train(train_command(tiny_cifar, split, '--max_epoch', '1', '--resume', 'latest', *fixed))
+    r = run_train(train_command(tiny_cifar, split, '--max_epoch', '1', '--resume', 'latest', *flags))
     assert r.returncode == 0, r.stderr
     assert 'epoch 0, batch 3, step 3' in r.stdout
     a, b = load(os.path.join(straight, 'checkpoint_ep0.pt')), load(os.path.join(split, 'checkpoint_ep0.pt'))
-    assert a['step'] == b['step'] == 5
-    assert_same_state(a, b)
+    assert a['step'] == b['step'] == 5 and a['layer_forms'] is not None
+    assert_same_checkpoint(a, b)
+
+
+def test_two_runs_of_the_same_command_are_the_same_run(tiny_cifar, tmp_path):
+    """Default flags, fp32, a fixed seed: the second run takes the first one's stored layer forms
+    without measuring, and trains the same run bit for bit."""
+    outputs = []
+    for name in ('first', 'second'):
+        ck = str(tmp_path / name)
+        r = run_train(train_command(tiny_cifar, ck, '--autotune', 'on', '--max_steps', '3', '--val_batches', '1'))
+        assert r.returncode == 0, r.stderr
+        outputs.append((r.stdout, load(os.path.join(ck, 'checkpoint_ep0.pt'))))
+    (first_out, first), (second_out, second) = outputs
+    assert 'layer forms (measured in' in first_out and 'stored in' in first_out
+    assert 'layer forms (from the layer-form cache' in second_out and 'measured' not in second_out.split('layer forms')[1].splitlines()[0]
+    assert_same_checkpoint(first, second)
 
 
 def test_a_resumed_run_keeps_its_layer_forms(tiny_cifar, tmp_path):
@@ -300,7 +337,7 @@ def assert_same_run(rows_a, rows_b, rel=0.01):
     """fp32 runs whose sums are ordered differently (other process counts, thread counts or
     memory layouts) drift apart by about 1e-3 in five steps: Adam turns the rounding noise of
     gradients near zero into learning-rate-sized steps (docs/distributed.md). That the two
-    processes compute the same gradients is proven in fp64 by tests/test_distributed.py."""
+    processes compute the same gradients is proven in fp64 by tests/training/test_distributed.py."""
     assert [(r['epoch'], r['step'], r['phase'], r['images']) for r in rows_a] == \
            [(r['epoch'], r['step'], r['phase'], r['images']) for r in rows_b]
     for a, b in zip(rows_a, rows_b):
@@ -400,7 +437,7 @@ def test_a_64_pixel_folder_run_resumes_mid_epoch_bit_for_bit(tiny_folder, tmp_pa
     a, b = load(os.path.join(straight, 'checkpoint_ep0.pt')), load(os.path.join(split, 'checkpoint_ep0.pt'))
     assert a['step'] == b['step'] == 3 and a['args']['image_size'] == 64
     assert 'e6.model.0.weight' in a['generator_train'] and 'down4.model.0.weight' in a['discriminator']
-    assert_same_state(a, b)
+    assert_same_checkpoint(a, b)
 
 
 def test_a_resume_at_another_image_size_is_refused_in_one_line(tiny_folder, tmp_path):

@@ -39,7 +39,11 @@ if os.path.exists('gan.py') or os.path.exists('training/gan.py'):
     args = parse_training_args(['--batch_size', str(batch_size), '--precision', precision, *recipe])
     compute = Compute.from_flags(args)
     gan = ColorizationGAN(args, compute)
-    forms = gan.choose_layer_forms()[1]
+    if hasattr(gan, 'choose_layer_forms'):
+        forms = gan.choose_layer_forms()[1]
+    else:
+        from training.layer_forms import choose_layer_forms
+        forms = choose_layer_forms(gan)[1]
     batches = bench.endless_batches(images, batch_size, compute.device, gan.memory_format)
     step = lambda n: gan.step(next(batches), n)
 else:

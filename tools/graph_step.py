@@ -45,7 +45,7 @@ class GraphReadyGAN(ColorizationGAN):
     """train.py's GAN whose step takes every number that changes from step to step from a device
     tensor, filled by `prepare(step)` before the step: one capture of `step` then serves every
     step. Eagerly (prepare, then step) it computes what ColorizationGAN.step computes, bit for bit
-    (tests/test_graph_step.py)."""
+    (tests/tools/test_graph_step.py)."""
 
     def __init__(self, args, compute):
         super().__init__(args, compute)
@@ -112,7 +112,7 @@ def state_tensors(gan, sums=None):
     for prefix, opt in (('opt_g', gan.opt_g), ('opt_d', gan.opt_d)):
         for i, state in enumerate(opt.state.values()):
             tensors.update((f'{prefix}.{i}.{key}', state[key]) for key in sorted(state) if torch.is_tensor(state[key]))
-    tensors['watch'] = gan.watch
+    tensors['watch'] = gan.nan_watch.watch
     if sums is not None:
         tensors['sums'] = sums
     return {name: t.detach().to('cpu', copy=True) for name, t in tensors.items()}
@@ -307,7 +307,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         raise UserError('this needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() '
-                        'is False); tests/test_graph_step.py checks its step on a CPU')
+                        'is False); tests/tools/test_graph_step.py checks its step on a CPU')
     # cuBLAS is repeatable across streams (the capture runs on its own) only with a fixed workspace.
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     device = torch.device('cuda')

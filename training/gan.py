@@ -10,27 +10,19 @@ for bit. `evaluate(G, lab)` computes the same losses in eval mode, and the predi
 """
 import contextlib
 import copy
-import math
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import convolutions
-from training import distributed
 import models
-from training import remedies
 from core.calibration import recalibrate_generator
-from core.cli import Compute, cpu_description
+from core.cli import Compute
+from training import distributed, remedies
+from training.nan_watch import NanWatch, NonFiniteLoss  # noqa: F401 (NonFiniteLoss: what a step raises)
+from training.optimizers import adam
 
 STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
-# Layer forms are timed on at most this many images, so the measurement stays within seconds.
-AUTOTUNE_IMAGES = 32
-
-
-class NonFiniteLoss(ArithmeticError):
-    pass
 
 
 def learning_rate(base_lr, step, decay_rate, decay_steps):
@@ -56,102 +48,6 @@ def use_channels_last(choice, device):
     return device.type == 'cpu'
 
 
-def adam(params, lr, device, scaled=False):
-    """`scaled`: a gradient scaler will inspect the gradients (fp16), through the optimizer's own
-    parameters, which DenseViewAdam's views hold only inside its step: it is not used then."""
-    # The fused kernel: measured 2x faster than the multi-tensor one on a CPU (docs/performance.md).
-    if device.type == 'cpu' and not scaled:
-        return DenseViewAdam(params, lr=lr, betas=(0.5, 0.999), fused=True)
-    return LaidOutAdam(params, lr=lr, betas=(0.5, 0.999), fused=device.type == 'cuda' or None)
-
-
-class LaidOutAdam(torch.optim.Adam):
-    """torch.optim.Adam whose loaded moments take the layout of the weights they meet. torch's
-    own loading keeps the saved strides, and its fused CUDA kernel needs a moment's strides to be
-    its weight's: a checkpoint from a CPU (channels-last weights) or from another --channels_last
-    would crash at the first step."""
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for p in group['params']:
-                if p not in self.state:
-                    continue
-                state = self.state[p]
-                for key, value in state.items():
-                    if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                        state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
-def _channels_last_only(t):
-    """A 4-D tensor laid out channels-last and not also contiguous (as a 1x1 kernel would be)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _nhwc(t):
-    """The dense (N, H, W, C) view of a channels-last (N, C, H, W) tensor."""
-    return t.permute(0, 2, 3, 1)
-
-
-class DenseViewAdam(torch.optim.Adam):
-    """Adam on the CPU's fused kernel, handed dense views of channels-last weights, gradients and
-    moments. The kernel is elementwise over memory, so the numbers are the same; but it clones
-    every gradient that is not contiguous, and for channels-last weights those clones were the
-    largest copies of a step (docs/performance.md). The state dict holds the moments in the
-    weights' own shapes and layout, as torch.optim.Adam's does. One parameter group; gradients
-    are read at `step`, so no gradient scaler or closure."""
-
-    def __init__(self, params, **kwargs):
-        self.weights = list(params)
-        self.viewed = [i for i, w in enumerate(self.weights) if _channels_last_only(w)]  # the weights seen as views
-        views = list(self.weights)
-        for i in self.viewed:
-            views[i] = _nhwc(self.weights[i].detach())
-        super().__init__(views, **kwargs)
-        self.views = self.param_groups[0]['params']
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for i in self.viewed:
-            grad = self.weights[i].grad
-            # The kernel reads the gradient's memory in the weight's order: same layout needed.
-            self.views[i].grad = None if grad is None else _nhwc(grad.contiguous(memory_format=torch.channels_last))
-        try:
-            return super().step(closure)
-        finally:
-            for i in self.viewed:
-                self.views[i].grad = None
-
-    def zero_grad(self, set_to_none=True):
-        for weight in self.weights:
-            if set_to_none:
-                weight.grad = None
-            elif weight.grad is not None:
-                weight.grad.zero_()
-
-    def state_dict(self):
-        state = super().state_dict()
-        for i in self.viewed:
-            if i in state['state']:
-                state['state'][i] = {k: v.permute(0, 3, 1, 2) if torch.is_tensor(v) and v.dim() == 4 else v
-                                     for k, v in state['state'][i].items()}
-        return state
-
-    def load_state_dict(self, state_dict):
-        """Also from torch.optim.Adam's state dicts, and from runs whose weights had another layout:
-        each moment is laid out as the kernel will read it."""
-        state_dict = copy.copy(state_dict)
-        state_dict['state'] = {i: {k: self._laid_out(v, i) if torch.is_tensor(v) and v.dim() == 4 else v
-                                   for k, v in s.items()} for i, s in state_dict['state'].items()}
-        super().load_state_dict(state_dict)
-
-    def _laid_out(self, moment, i):
-        view = self.views[i]
-        if i in self.viewed:
-            moment = _nhwc(moment)
-        return moment if moment.stride() == view.stride() else torch.empty_like(view).copy_(moment)
-
-
 def bce(logits, target):
     return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
@@ -163,6 +59,18 @@ def summarize(sums):
     return {'g_adv': s['g_adv'] / n, 'g_l1': s['g_l1'] / n, 'g_loss': s['g_loss'] / n, 'd_loss': s['d_loss'] / n,
             'd_acc': (s['real_correct'] + s['fake_correct']) / (2 * n), 'd_acc_real': s['real_correct'] / n,
             'd_acc_fake': s['fake_correct'] / n, 'images': int(s['images'])}
+
+
+def batch_sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits):
+    """Sums over the batch; a patch discriminator's accuracy is each image's share of patches right."""
+    n = lab.shape[0]
+
+    def share_right(hits):
+        return hits.float().reshape(n, -1).mean(dim=1).sum()
+    return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
+                        share_right(real_logits.detach() > 0), share_right(fake_logits.detach() <= 0),
+                        # a fill, not a copy from the host, which would wait for the device
+                        torch.full((), float(n), device=lab.device)])
 
 
 @contextlib.contextmanager
@@ -212,13 +120,8 @@ class ColorizationGAN:
         # pass on the fake batch serves both, where its passes change nothing but batch-norm
         # statistics (a spectral norm's power iteration advances per pass) and it runs in one process.
         self.scores_fake_once = args.disc_norm != 'spectral' and not self.procs.distributed
-        # The NaN check runs on the device: no host sync in a step. `watch` holds [steps skipped,
-        # the first non-finite step (0: none), its generator and discriminator losses], read back
-        # by take_finite_report. A skip is applied on the device through the fused optimizers'
-        # found_inf, which the gradient scaler (fp16) and the unfused optimizers (MPS) do not
-        # take: those check on the host, one sync a step, as before.
-        self.check_on_device = not scaled and all(opt.defaults.get('fused') for opt in (self.opt_g, self.opt_d))
-        self.watch = torch.zeros(4, device=device)
+        self.nan_watch = NanWatch(args.nan_policy, self.procs, (self.G, self.D), self.G_ema, (self.opt_g, self.opt_d),
+                                  scaled, device)
         # --rebalance: per-pixel L1 weights (remedies.RebalanceWeights), set once the training set is known.
         self.pixel_weights = None
 
@@ -229,41 +132,6 @@ class ColorizationGAN:
         if self.procs.distributed:
             distributed.synchronize_batchnorm(self.G), distributed.synchronize_batchnorm(self.D)
             self.G_run, self.D_run = self.procs.wrap(self.G), self.procs.wrap(self.D)
-
-    def choose_layer_forms(self, saved=None):
-        """Measure which form each two-form layer runs fastest in (convolutions.py), or reuse the
-        choice `saved` in a checkpoint when it was measured for the same machine and settings.
-        Returns the record to save (None where nothing was measured: GPUs, --autotune off) and a
-        line that says what was chosen. Under torchrun the first process measures and all take
-        its choice, so that every process computes the same way."""
-        args, device, precision, procs = self.args, self.compute.device, self.compute.precision, self.procs
-        if device.type != 'cpu' or args.autotune == 'off':
-            return None, "layer forms: the fixed defaults (--autotune off, or not a CPU)"
-        setting = {'machine': cpu_description(), 'torch': str(torch.__version__), 'precision': precision,
-                   'channels_last': self.channels_last, 'batch_size': args.batch_size, 'processes': procs.world_size}
-        if saved and all(saved.get(k, 1 if k == 'processes' else None) == v for k, v in setting.items()):
-            record, how = saved, 'from the checkpoint, measured on this machine'
-        elif not procs.is_main:
-            record, how = None, 'measured by the first process'
-        else:
-            started = time.time()
-            n = min(args.batch_size // procs.world_size, AUTOTUNE_IMAGES)  # this process's part of a batch
-            record = dict(setting)
-            for key, model, channels in (('generator', self.G, 1), ('discriminator', self.D, 3)):
-                sample = torch.randn(n, channels, args.image_size, args.image_size).contiguous(
-                    memory_format=self.memory_format)
-                chosen = convolutions.choose_forms(model, sample, self.compute.autocast)
-                record[key] = {name: form for name, (form, _, _) in chosen.items()}
-            how = f'measured in {time.time() - started:.1f} s'
-        record = procs.broadcast(record)
-        dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
-        for key, models_ in (('generator', (self.G, self.G_ema)), ('discriminator', (self.D,))):
-            for model in models_:
-                if model is not None:
-                    convolutions.set_forms(model, record[key], dtype)
-        products = [f"{'G' if key == 'generator' else 'D'}.{name.split('.')[0]}"
-                    for key in ('generator', 'discriminator') for name, form in record[key].items() if form == 'matmul']
-        return record, f"layer forms ({how}): {', '.join(products) or 'none'} as matrix products, the rest the library's"
 
     # ------------------------------------------------------------ the training step
 
@@ -281,42 +149,27 @@ class ColorizationGAN:
         """Optimizer step number `step` (counted from 1) on a Lab batch: this process's part of a
         global batch of `global_images`. Returns the batch's sums of STAT_NAMES as one device
         tensor, so the caller syncs with the host only when it shows them. A non-finite loss
-        raises NonFiniteLoss before anything is updated: both networks (weights, batch-norm
-        statistics, spectral-norm vectors), optimizers, scaler and averaged generator stay as
-        they were."""
+        stops or skips the step (--nan_policy, training/nan_watch.py) before anything is updated:
+        both networks (weights, batch-norm statistics, spectral-norm vectors), optimizers, scaler
+        and averaged generator stay as they were."""
         self.set_learning_rates(step)
         # DistributedDataParallel averages the processes' gradients; this weight makes that
         # average the gradient of the global batch's mean losses.
         share = len(lab) * self.procs.world_size / (global_images or len(lab))
-        skipping = self.args.nan_policy == 'skip'
-        buffers = self._buffers_snapshot() if skipping else None
+        kept = self.nan_watch.snapshot()
         if self.scores_fake_once:
             g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share)
         else:
             _, fake, _, g_adv, g_l1, g_loss = self.backward_G(lab, share)
             real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
-        if not self.check_on_device:
-            self.check_finite(g_loss, d_loss, buffers)
-            finite = None
-        else:
-            finite = self.watch_finite(g_loss, d_loss, step)
-        if finite is not None and skipping:
-            # The fused kernels leave weights, moments and step counts as they were where found_inf is 1.
-            self.opt_g.found_inf = self.opt_d.found_inf = (~finite).float()
-        try:
+        finite = self.nan_watch.check(g_loss, d_loss, step, kept)
+        with self.nan_watch.updates(finite):
             self.scaler.step(self.opt_g)
             self.backward_D(d_loss, share)
-        finally:
-            for opt in (self.opt_g, self.opt_d):
-                opt.__dict__.pop('found_inf', None)
         self.scaler.update()
         if self.G_ema is not None:
             self.update_average(step)
-        sums = self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits)
-        if finite is not None and skipping:
-            self._keep_if(finite, buffers)
-            sums = torch.where(finite, sums, torch.zeros_like(sums))
-        return sums
+        return self.nan_watch.settle(finite, kept, batch_sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits))
 
     def update_average(self, step):
         ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
@@ -403,81 +256,6 @@ class ColorizationGAN:
             d_loss = self.discriminator_loss(real_logits, fake_logits)
         return real_logits, fake_logits, d_loss
 
-    def check_finite(self, g_loss, d_loss, buffers=None):
-        """On every device and in every precision; under torchrun the processes sum their losses,
-        so that a NaN on one stops or skips on all."""
-        losses = self.procs.sum_(torch.stack([g_loss.detach().float(), d_loss.detach().float()]))
-        if bool(torch.isfinite(losses).all()):
-            return
-        g_value, d_value = losses.tolist()
-        self.opt_g.zero_grad(set_to_none=True), self.opt_d.zero_grad(set_to_none=True)
-        if buffers is not None:
-            self._restore_buffers(buffers)
-        name, value = ('generator', g_value) if not math.isfinite(g_value) else ('discriminator', d_value)
-        raise NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)'
-                                                             if self.procs.distributed else ''))
-
-    def watch_finite(self, g_loss, d_loss, step):
-        """The NaN check without a host sync: a device bool, true where both losses (summed over the
-        processes) are finite; `watch` counts the skipped steps (--nan_policy skip) or keeps the
-        first non-finite step and its losses (stop), for take_finite_report."""
-        losses = self.procs.sum_(torch.stack([g_loss.detach().float(), d_loss.detach().float()]))
-        finite = torch.isfinite(losses).all()
-        w = self.watch  # updated in place: a captured step (tools/graph_step.py) keeps writing the same tensor
-        if self.args.nan_policy == 'skip':
-            w.copy_(torch.cat([w[:1] + (~finite).float(), w[1:]]))
-        else:
-            first = ~finite & (w[1] == 0)
-            # `step` is a number, or a device tensor holding it (a captured step reads it there)
-            number = step.reshape(1).to(losses.dtype) if torch.is_tensor(step) else losses.new_full((1,), float(step))
-            w.copy_(torch.where(first, torch.cat([w[:1], number, losses]), w))
-        return finite
-
-    def take_finite_report(self):
-        """What the device-side NaN check saw since the last call, read back (one host sync): (steps
-        skipped, NonFiniteLoss for the first non-finite step under --nan_policy stop, or None)."""
-        skipped, step, g_value, d_value = self.watch.tolist()
-        self.watch.zero_()
-        if not step:
-            return int(skipped), None
-        name, value = ('generator', g_value) if not math.isfinite(g_value) else ('discriminator', d_value)
-        error = NonFiniteLoss(f"the {name} loss is {value}" + (' (summed over the processes)'
-                                                               if self.procs.distributed else ''))
-        error.step = int(step)
-        return int(skipped), error
-
-    def _buffers_snapshot(self):
-        """What a skipped step must leave as it was besides the optimizers: both networks' buffers
-        (batch-norm statistics, spectral-norm vectors) and the averaged generator's weights."""
-        return [t.clone() for t in self._kept_tensors()]
-
-    def _kept_tensors(self):
-        ema = list(self.G_ema.parameters()) if self.G_ema is not None else []
-        return [b for model in (self.G, self.D) for b in model.buffers()] + ema
-
-    @torch.no_grad()
-    def _restore_buffers(self, snapshot):
-        for t, saved in zip(self._kept_tensors(), snapshot):
-            t.copy_(saved)
-
-    @torch.no_grad()
-    def _keep_if(self, finite, snapshot):
-        """Each kept tensor as the step left it where `finite`, else as the snapshot holds it."""
-        for t, saved in zip(self._kept_tensors(), snapshot):
-            t.copy_(torch.where(finite, t, saved))
-
-    @staticmethod
-    def _sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits):
-        """Sums over the batch; a patch discriminator's accuracy is each image's share of patches right."""
-        n = lab.shape[0]
-
-        def share_right(hits):
-            return hits.float().reshape(n, -1).mean(dim=1).sum()
-        return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
-                            share_right(real_logits.detach() > 0), share_right(fake_logits.detach() <= 0),
-                            # a fill, not a copy from the host, which would wait for the device
-                            torch.full((), float(n), device=lab.device)])
-
     # ------------------------------------------------------------ evaluation
 
     @torch.no_grad()
@@ -491,7 +269,7 @@ class ColorizationGAN:
             real_logits, fake_logits, d_loss = self.discriminator_losses(self.D, lab, fake, fake_scores.detach())
         finally:
             self.D.train()
-        return self._sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits), fake_ab
+        return batch_sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits), fake_ab
 
     def eval_generator(self, train_set):
         """The generator to validate and save: the averaged weights (or the trained ones), with

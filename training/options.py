@@ -1,11 +1,12 @@
 """The flags of a training run (train.py's command line): names, defaults, ranges and checks."""
 import sys
 
-from storage.checkpoints import STEP_CHECKPOINTS_KEPT
-from metrics.classifier import DEFAULT_PATH as CLASSIFIER_PATH
-from core.cli import OneLineArgumentParser, add_compute_flags, number_in
 from dataset import DATASETS
 from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
+from core.cli import OneLineArgumentParser, add_compute_flags, number_in
+from metrics.classifier import DEFAULT_PATH as CLASSIFIER_PATH
+from storage.checkpoints import STEP_CHECKPOINTS_KEPT
+from training.layer_forms import CACHE_ENV
 
 DESCRIPTION = "Train the colorization GAN of Nazeri et al. (2018) on CIFAR-10 or on a folder of photographs."
 # The two recipes the reference published, as flags; `--recipe NAME` sets them as defaults, so a
@@ -87,10 +88,16 @@ def training_parser():
                         'leaving networks, optimizers and scaler as they were (default: stop)')
     p.add_argument('--channels_last', choices=('auto', 'on', 'off'), default='auto',
                    help='channels-last memory format; auto: on for CPUs, where it measurably helps (default: auto)')
-    p.add_argument('--autotune', choices=('on', 'off'), default='on',
-                   help='on a CPU, time both forms of the layers that can run as matrix products at start-up and '
-                        'keep the faster of each (a few seconds; a resumed run reuses its checkpoint\'s choice on the '
-                        'same machine); off: the fixed default forms, for runs that must match bit for bit (default: on)')
+    p.add_argument('--autotune', choices=('on', 'off', 'remeasure'), default='on',
+                   help="on a CPU, time both forms of the layers that can run as matrix products and keep the faster "
+                        "of each: measured once per machine and settings (a few seconds) and stored in the layer-form "
+                        "cache, which later runs with the same CPU, torch, precision, memory format, batch share and "
+                        "networks reuse, so that the same command trains the same run; a resumed run keeps its "
+                        "checkpoint's choice. remeasure: measure again and replace the stored choice; off: the fixed "
+                        "default forms (default: on)")
+    p.add_argument('--layer_forms_cache', default=None, metavar='PATH',
+                   help=f"the layer-form cache, a JSON file (default: ${CACHE_ENV} where set, else "
+                        "$XDG_CACHE_HOME or ~/.cache, then colorization/layer_forms.json)")
     p.add_argument('--seed', type=int, default=0, help='seeds weights, data order, flips and dropout (default: 0)')
     p.add_argument('--classifier', default=CLASSIFIER_PATH, metavar='PATH|off',
                    help="the scoring classifier whose semantic accuracy and feature distance (classifier FD) each "

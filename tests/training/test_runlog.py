@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from conftest import ROOT
 from training import runlog
 
 STEPS = list(range(20, 121, 20))
@@ -217,9 +218,9 @@ def test_disabled_writes_nothing(tmp_path, capfd):
 
 
 def test_importing_runlog_does_not_import_torch():
-    code = 'import sys, runlog; print("torch" in sys.modules)'
+    code = 'import sys; from training import runlog; print("torch" in sys.modules)'
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.abspath(runlog.__file__)))
+                          cwd=ROOT)
     assert done.stdout.strip() == 'False'
 
 

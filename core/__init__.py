@@ -1,0 +1,10 @@
+"""The ground floor: what the reference's own files (models.py, dataset.py, utils.py, spectral.py)
+and every command stand on.
+
+Holds: one-line errors, checked numbers and the --device/--precision flags (cli), RGB and
+network-scale Lab both ways with grids and image files (pictures), the two forms of a convolution
+(convolutions), folders of photographs (folders), exact batch-norm statistics (calibration).
+
+Layer 0, together with the top-level models.py, dataset.py, utils.py and spectral.py: these may
+import one another, and never metrics/, storage/, training/ or a command.
+"""
