@@ -40,11 +40,15 @@ from dataset import DATASETS, LabImages, load_split
 from models import IMAGE_SIZES, Discriminator, Generator, init_weights
 from core.folders import FolderImages
 from training.gan import ColorizationGAN, learning_rate, use_channels_last
+from training.ab_classes import AbClasses
 from training.layer_forms import choose_layer_forms
 from training.options import RECIPES as TRAINING_RECIPES, parse_training_args
 
 # The default flags, and the reference's spectral-norm recipe.
-RECIPES = {'default': [], 'spectral': TRAINING_RECIPES['spectral']}
+RECIPES = {'default': [], 'spectral': TRAINING_RECIPES['spectral'],
+           # the colour-distribution heads (train.py --ab_head) on the spectral recipe: their step's cost
+           'classify': TRAINING_RECIPES['spectral'] + ['--ab_head', 'classify'],
+           'both': TRAINING_RECIPES['spectral'] + ['--ab_head', 'both']}
 # The reference-style data path reads this many PNG files (enough that no timing runs out of them).
 BASELINE_IMAGES = 2048
 # Batch sizes and loader workers timed where none are given: 64- to 256-pixel networks are heavy.
@@ -69,7 +73,9 @@ def parse_args(argv=None):
     p.add_argument('--baseline', action='store_true',
                    help="also time the reference's training step (fp32, contiguous, library layers, sigmoid + BCE, "
                         "per-image PNG decoding in a DataLoader) in the same run, and print the ratio")
-    p.add_argument('--recipes', nargs='+', choices=tuple(RECIPES), default=list(RECIPES), help='(default: both)')
+    p.add_argument('--recipes', nargs='+', choices=tuple(RECIPES), default=['default', 'spectral'],
+                   help="default and spectral: the reference's two recipes; classify and both: the spectral recipe "
+                        "with train.py's --ab_head classify or both (default: default spectral)")
     p.add_argument('--batch_sizes', type=number_in(int, 1), nargs='+', default=None,
                    help=f"(default: {' '.join(map(str, CIFAR_BATCH_SIZES))} for cifar10, "
                         f"{' '.join(map(str, FOLDER_BATCH_SIZES))} for folder)")
@@ -190,7 +196,7 @@ def project_step(flags, batch_size, images, compute, channels_last, autotune, po
     `pool`: ready batches to cycle through instead of `images`' data path (a folder's, decoded
     in advance, so that the timing holds the step alone)."""
     args = recipe_args(flags, batch_size, autotune=autotune, channels_last='on' if channels_last else 'off')
-    gan = ColorizationGAN(args, compute)
+    gan = ColorizationGAN(args, compute, ab_classes=head_classes(args, images, compute.device))
     _, forms_line = choose_layer_forms(gan)
     if pool is None:
         batches = endless_batches(images, batch_size, compute.device, gan.memory_format)
@@ -278,10 +284,15 @@ def reference_step(flags, batch_size, png_folder, num_workers, device=torch.devi
     return run_once
 
 
-def flops_per_training_image(flags, device):
+def head_classes(args, images, device):
+    """A colour-distribution head's ab bins, from the images timed (None for the reference's head)."""
+    return AbClasses.from_training_set(images, args.rebalance, device) if args.ab_head != 'regress' else None
+
+
+def flops_per_training_image(flags, device, images=None):
     """Forward and backward of both networks for one step, counted in fp32 at batch 8."""
     args = recipe_args(flags, 8, channels_last='off', ema_decay=0.0)
-    gan = ColorizationGAN(args, Compute(device, 'fp32'))
+    gan = ColorizationGAN(args, Compute(device, 'fp32'), ab_classes=head_classes(args, images, device))
     lab = torch.rand(8, 3, args.image_size, args.image_size, device=device) * 2 - 1
     with FlopCounterMode(display=False) as counter:
         gan.step(lab, 1)
@@ -453,7 +464,7 @@ def main(argv=None):
             write_pngs(images.rgb[:BASELINE_IMAGES], png_folder)
         for name in args.recipes:
             flags = RECIPES[name]
-            flops = flops_per_training_image(flags, device)
+            flops = flops_per_training_image(flags, device, images)
             for batch_size in args.batch_sizes:
                 train_once, infer, forms_line = project_step(flags, batch_size, images, compute, channels_last,
                                                              args.autotune)
@@ -504,9 +515,9 @@ def bench_folder(args, compute, channels_last, results):
     rows = []
     for name in args.recipes:
         flags = RECIPES[name] + size_flags
-        flops = flops_per_training_image(flags, device)
+        flops = flops_per_training_image(flags, device, train_set)
         for batch_size in args.batch_sizes:
-            train_once, infer, forms_line = project_step(flags, batch_size, None, compute, channels_last,
+            train_once, infer, forms_line = project_step(flags, batch_size, train_set, compute, channels_last,
                                                          args.autotune, pool=pools[batch_size])
             print(f"  {name} batch {batch_size}: {forms_line}", file=sys.stderr)
             train_rate = timed_rates({'project': train_once}, batch_size, device, args.windows,

@@ -19,9 +19,11 @@ import torch
 from tqdm import tqdm
 
 import dataset
+import models
 import utils
 from core import pictures
-from core.cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
+from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, add_decoding_flags, number_in,
+                      run_cli)
 from storage import checkpoints
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -52,9 +54,13 @@ def parse_args(argv=None):
                         "longer side capped at --max_side (default: model)")
     p.add_argument('--max_side', type=number_in(int, 32), default=MAX_SIDE,
                    help=f'with --predict_at photo, the longest side the network runs at (default: {MAX_SIDE})')
+    p.add_argument('--chroma_gain', type=number_in(float, 0), default=1.0, metavar='S',
+                   help="the saturation dial: multiply the predicted ab by S (kept in the network's range) before "
+                        "the colours are joined with each picture's lightness (default: 1)")
     p.add_argument('--data_path', default='./data',
                    help="where the model's training data is, for a mid-epoch checkpoint's exact batch-norm "
                         "statistics (default: ./data)")
+    add_decoding_flags(p)
     add_compute_flags(p)
     return p.parse_args(argv)
 
@@ -163,9 +169,9 @@ def network_size(G, height, width, predict_at, max_side):
 
 
 @torch.no_grad()
-def predict_ab(G, batch, compute, predict_at='model', max_side=MAX_SIDE):
+def predict_ab(G, batch, compute, predict_at='model', max_side=MAX_SIDE, chroma_gain=1.0):
     """The generator's ab for each picture's lightness resized to the size it runs at (see
-    network_size): a list of (h, w, 2) arrays in [-1, 1]."""
+    network_size), times `chroma_gain`: a list of (h, w, 2) arrays in [-1, 1]."""
     sizes = [network_size(G, *p.lightness.shape, predict_at, max_side) for p in batch]
     predictions = [None] * len(batch)
     for size in dict.fromkeys(sizes):  # one generator call per size
@@ -174,6 +180,7 @@ def predict_ab(G, batch, compute, predict_at='model', max_side=MAX_SIDE):
                       for i in members])
         with compute.autocast:
             ab = G(torch.from_numpy(L[:, None].astype(np.float32)).to(compute.device)).float()
+        ab = pictures.with_chroma_gain(ab, chroma_gain)
         for i, one in zip(members, ab.permute(0, 2, 3, 1).cpu().numpy()):
             predictions[i] = one
     return predictions
@@ -276,10 +283,10 @@ def report(path, reason):
     tqdm.write(f"{os.path.basename(__file__)}: skipped {path}: {reason}", file=sys.stderr)
 
 
-def finish_batch(G, batch, compute, predict_at, max_side):
+def finish_batch(G, batch, compute, predict_at, max_side, chroma_gain=1.0):
     """Colorize and write a batch of (path, targets, picture); returns how many failed to write."""
     failed = 0
-    predictions = predict_ab(G, [picture for _, _, picture in batch], compute, predict_at, max_side)
+    predictions = predict_ab(G, [picture for _, _, picture in batch], compute, predict_at, max_side, chroma_gain)
     for (path, (target, comparison), picture), ab in zip(batch, predictions):
         output = stored(picture, colorize(picture, ab))
         try:
@@ -302,6 +309,7 @@ def main(argv=None):
     def training_images(run_args):
         return dataset.open_split(run_args.get('dataset', 'cifar10'), args.data_path, True, run_args['image_size'])
     G, _ = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
+    models.set_decoding(G, args.temperature, args.blend)
     utils.check_writable_folder(args.output, '--output')
 
     failed = 0
@@ -318,7 +326,7 @@ def main(argv=None):
             batch.append((path, pair, picture))
             batch_pixels += picture.lightness.size
         if batch and (len(batch) == args.batch_size or batch_pixels >= MAX_BATCH_PIXELS or i == len(images) - 1):
-            failed += finish_batch(G, batch, compute, args.predict_at, args.max_side)
+            failed += finish_batch(G, batch, compute, args.predict_at, args.max_side, args.chroma_gain)
             bar.update(len(batch))
             batch, batch_pixels = [], 0
     bar.close()

@@ -15,6 +15,11 @@ from spectral import spectral_norm
 from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
 
 GENERATOR_NORMS = ('batch', 'instance')
+# What the generator's last layer predicts: ab itself (the reference's), a distribution over ab
+# bins decoded by its annealed mean (Zhang et al. 2016), or both, blended.
+AB_HEADS = ('regress', 'classify', 'both')
+DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean
+DEFAULT_BLEND = 0.5  # 'both': the regression's share of the decoded ab
 DISCRIMINATOR_NORMS = ('batch', 'instance', 'spectral')
 IMAGE_SIZE = 32
 # The reference networks first resize 32x32 to 35x35, so that a 4x4 stride-1 unpadded conv returns to 32x32.
@@ -104,6 +109,67 @@ def _resize_input(x):
     return F.interpolate(x, size=(RESIZED, RESIZED), mode='bilinear', align_corners=True)
 
 
+def annealed_mean(logits, centres, temperature):
+    """Zhang et al.'s decoding of a distribution over ab bins: softmax(logits / T) over the bins
+    (dim 1), then the expected bin centre. (N, Q, H, W) logits, (Q, 2) centres -> (N, 2, H, W).
+    T = 1: the distribution's mean; T -> 0: the most likely bin's centre."""
+    p = torch.softmax(logits.float() / temperature, dim=1)
+    return torch.einsum('nqhw,qc->nchw', p, centres.float())
+
+
+class ColourDistributionHead(nn.Module):
+    """The generator's last layer as a classifier over Q ab bins (`--ab_head classify`): a 1x1
+    conv to Q logits, decoded by the annealed mean; with `regress` (`--ab_head both`) also the
+    reference's regression layer, the two blended. The bins' centres (network-scale ab), the
+    temperature and the blend are buffers: a generator file carries what decodes it."""
+
+    def __init__(self, c_in, n_bins, regress=False):
+        super().__init__()
+        self.logits = nn.Conv2d(c_in, n_bins, 1, 1, 0)
+        self.register_buffer('centres', torch.zeros(n_bins, 2))
+        self.register_buffer('temperature', torch.tensor(DEFAULT_TEMPERATURE))
+        self.register_buffer('blend', torch.tensor(DEFAULT_BLEND))
+        self.regression = Block(nn.Conv2d(c_in, 2, 1, 1, 0), nn.Tanh()) if regress else None
+
+    def forward(self, x, with_logits=False):
+        """The decoded ab; with `with_logits`, (decoded ab, logits, the regression's ab or None)."""
+        logits = self.logits(x)
+        ab = annealed_mean(logits, self.centres, self.temperature)
+        regressed = None
+        if self.regression is not None:
+            regressed = self.regression(x)
+            ab = self.blend * regressed.float() + (1 - self.blend) * ab
+        return (ab, logits, regressed) if with_logits else ab
+
+
+def set_decoding(G, temperature=None, blend=None, centres=None):
+    """Set how a colour-distribution head decodes (each where given); a generator with the
+    reference's head is left as it is. Returns whether G has a distribution head."""
+    head = G.final
+    if not isinstance(head, ColourDistributionHead):
+        return False
+    with torch.no_grad():
+        for buffer, value in ((head.temperature, temperature), (head.blend, blend), (head.centres, centres)):
+            if value is not None:
+                buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype))
+    return True
+
+
+def _final_layer(c_in, ab_head, ab_bins):
+    if ab_head not in AB_HEADS:
+        raise ValueError(f"ab head must be one of {AB_HEADS}, got {ab_head!r}")
+    if ab_head == 'regress':
+        return Block(nn.Conv2d(c_in, 2, 1, 1, 0), nn.Tanh())
+    return ColourDistributionHead(c_in, ab_bins, regress=ab_head == 'both')
+
+
+def _head_output(final, x, with_logits):
+    if isinstance(final, ColourDistributionHead):
+        return final(x, with_logits)
+    ab = final(x)
+    return (ab, None, None) if with_logits else ab
+
+
 class Generator(nn.Module):
     """The reference's U-Net: (N, 1, 32, 32) L in network scale -> (N, 2, 32, 32) ab in [-1, 1].
     `dropout`: the probability of the dropout after up1 and up2 (the reference's 0.5; 0 turns it
@@ -111,7 +177,7 @@ class Generator(nn.Module):
 
     fixed_size = 32  # takes exactly 32x32 (it resizes to 35x35 first)
 
-    def __init__(self, norm='batch', dropout=0.5):
+    def __init__(self, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0):
         super().__init__()
         if norm not in GENERATOR_NORMS:
             raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
@@ -129,9 +195,9 @@ class Generator(nn.Module):
         self.up2 = _up(1024, 256, norm, dropout=dropout, bf16_form='matmul')
         self.up3 = _up(512, 128, norm)
         self.up4 = _up(256, 64, norm)
-        self.final = Block(nn.Conv2d(128, 2, 1, 1, 0), nn.Tanh())
+        self.final = _final_layer(128, ab_head, ab_bins)
 
-    def forward(self, L):
+    def forward(self, L, with_logits=False):
         d1 = self.down1(_resize_input(L))
         d2 = self.down2(d1)
         d3 = self.down3(d2)
@@ -141,7 +207,7 @@ class Generator(nn.Module):
         u2 = torch.cat([self.up2(u1), d3], dim=1)
         u3 = torch.cat([self.up3(u2), d2], dim=1)
         u4 = torch.cat([self.up4(u3), d1], dim=1)
-        return self.final(u4)
+        return _head_output(self.final, u4, with_logits)
 
 
 class Discriminator(nn.Module):
@@ -191,7 +257,7 @@ class NazeriGenerator(nn.Module):
 
     fixed_size = None
 
-    def __init__(self, image_size, norm='batch', dropout=0.5):
+    def __init__(self, image_size, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0):
         super().__init__()
         if norm not in GENERATOR_NORMS:
             raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
@@ -210,9 +276,9 @@ class NazeriGenerator(nn.Module):
             c_out = channels[-2 - i]  # that of the encoder output it is concatenated with
             setattr(self, name, _up(c_in, c_out, norm, dropout=dropout if i < 2 else None))
             c_in = 2 * c_out
-        self.final = Block(nn.Conv2d(c_in, 2, 1, 1, 0), nn.Tanh())
+        self.final = _final_layer(c_in, ab_head, ab_bins)
 
-    def forward(self, L):
+    def forward(self, L, with_logits=False):
         h, w = L.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"{type(self).__name__}({self.image_size}) takes sides that are multiples of "
@@ -225,7 +291,7 @@ class NazeriGenerator(nn.Module):
         skips.pop()  # the innermost output feeds d1 and is not concatenated
         for name in self.decoder_names:
             x = torch.cat([getattr(self, name)(x), skips.pop()], dim=1)
-        return self.final(x)
+        return _head_output(self.final, x, with_logits)
 
 
 class PatchDiscriminator(nn.Module):
@@ -267,10 +333,10 @@ def network_family(image_size):
     raise ValueError(f"image size must be one of {IMAGE_SIZES}, got {image_size!r}")
 
 
-def build_generator(image_size=IMAGE_SIZE, norm='batch', dropout=0.5):
+def build_generator(image_size=IMAGE_SIZE, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0):
     if network_family(image_size) == 'reference':
-        return Generator(norm, dropout)
-    return NazeriGenerator(image_size, norm, dropout)
+        return Generator(norm, dropout, ab_head, ab_bins)
+    return NazeriGenerator(image_size, norm, dropout, ab_head, ab_bins)
 
 
 def build_discriminator(image_size=IMAGE_SIZE, norm='batch'):

@@ -18,10 +18,12 @@ import torch
 from tqdm import tqdm
 
 import dataset
+import models
 import utils
 from core import pictures
-from core.cli import Compute, OneLineArgumentParser, UserError, add_compute_flags, number_in, run_cli
-from metrics import classifier, fid
+from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, add_decoding_flags, number_in,
+                      run_cli)
+from metrics import classifier, fid, frontier
 from metrics.scores import ColorizationScores
 from storage import checkpoints, provenance, published
 
@@ -70,8 +72,16 @@ def parse_args(argv=None):
     p.add_argument('--fid_weights', metavar='PATH',
                    help=f'the Inception weights for --fid ({fid.WEIGHTS_NAME}); default: torch\'s cache, '
                         f'downloaded there once')
+    p.add_argument('--chroma_gain', type=number_in(float, 0), nargs='+', default=[1.0], metavar='S',
+                   help="the saturation dial: multiply every generator's predicted ab by S (kept in the network's "
+                        "range) before anything is scored or drawn. Several values: every generator at every gain, "
+                        "one pass, and the dial's frontier (each measure against colourfulness) in frontier.md and "
+                        "frontier.png (default: 1)")
+    add_decoding_flags(p)
     add_compute_flags(p)
     args = p.parse_args(argv)
+    if len(set(args.chroma_gain)) != len(args.chroma_gain):
+        p.error("--chroma_gain lists a gain twice")
     if args.fid_weights and not args.fid:
         p.error("--fid_weights is for --fid: add --fid")
     n_checkpoints = len(args.checkpoints or published.PUBLISHED_GENERATORS)
@@ -256,6 +266,7 @@ def load_generators(args, compute):
                   for p, ckpt in zip(args.checkpoints, ckpts)]
     for G in generators:
         checkpoints.set_dropout(G, args.keep_dropout)
+        models.set_decoding(G, args.temperature, args.blend)
     return generators, labels, sizes.pop()
 
 
@@ -369,6 +380,10 @@ def main(argv=None):
     compute = Compute.from_flags(args)
     fid_weights = fid.weights_file(args.fid_weights) if args.fid else None  # offline and missing: fail before the work
     generators, labels, image_size = load_generators(args, compute)
+    dialled = len(args.chroma_gain) > 1  # every generator at every gain, each a row of its own
+    generator_labels, gains = labels, args.chroma_gain
+    if dialled:
+        labels = [frontier.dial_label(label, gain) for label in labels for gain in gains]
     utils.check_writable_folder(args.save_path, '--save_path')
     test_set = dataset.open_split(args.dataset, args.data_path, False, image_size, args.num_workers,
                                   pin_memory=compute.device.type == 'cuda')
@@ -381,6 +396,7 @@ def main(argv=None):
                                 dynamic_ncols=True):
         with compute.autocast:
             predictions = [G(lab[:, :1]).float() for G in generators]
+        predictions = [pictures.with_chroma_gain(ab, gain) for ab in predictions for gain in gains]
         scoring.add(lab, truth, test_set.labels[idx.numpy()], predictions)
     grid_paths = draw_grids(scoring, labels, args.save_path)
     picks = draw_picks(scoring, labels, args.pick, args.save_path) if args.pick else {}
@@ -400,7 +416,8 @@ def main(argv=None):
                                       ('classifier_fd', '{:.1f}'))))
     images_name = 'CIFAR-10 test images' if args.dataset == 'cifar10' else f'val/ images of {args.data_path}'
     truth_colorfulness = results[TRUTH]['colorfulness']
-    metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, args.checkpoints)},
+    paths = [path for path in args.checkpoints for _ in gains] if dialled else args.checkpoints
+    metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, paths)},
                'baseline': results[BASELINE], 'truth': results[TRUTH], 'truth_colorfulness': truth_colorfulness,
                'per_class': per_class, 'images': results[BASELINE]['images'], 'precision': compute.precision,
                'keep_dropout': args.keep_dropout, 'dataset': args.dataset, 'image_size': image_size,
@@ -412,6 +429,14 @@ def main(argv=None):
         metrics['fid_weights'] = fid_weights
     if picks:
         metrics['picks'], metrics['pick_rule'] = picks, PICK_RULE
+    if gains != [1.0]:
+        metrics['chroma_gain'] = gains
+    if dialled:
+        curves = frontier.curves_of(results, generator_labels, gains)
+        table = frontier.frontier_table(curves, truth_colorfulness)
+        utils.atomic_write(os.path.join(args.save_path, 'frontier.md'), lambda f: f.write(table), mode='w')
+        frontier.draw_frontier(curves, truth_colorfulness, os.path.join(args.save_path, 'frontier.png'))
+        print(table + f"wrote frontier.md and frontier.png to {args.save_path}")
     utils.write_json(os.path.join(args.save_path, 'metrics.json'), metrics)
     print(f"wrote {len(grid_paths)} grids{f', {len(picks)} pictures of picked images' if picks else ''} "
           f"and metrics.json to {args.save_path}")

@@ -25,6 +25,7 @@ from metrics import classifier, curves, scores
 from storage import checkpoints, provenance
 from training import distributed, remedies
 from training.gan import STAT_NAMES, ColorizationGAN, NonFiniteLoss, summarize
+from training.ab_classes import AbClasses
 from training.layer_forms import choose_layer_forms
 from training.options import parse_training_args as parse_args
 from training.runlog import TensorBoardLog
@@ -110,7 +111,12 @@ def set_up(args, compute, procs):
         raise UserError(f"--batch_size {args.batch_size} is the global batch, which the {procs.world_size} "
                         f"processes must share equally: pick a multiple of {procs.world_size}")
     resume_path = procs.broadcast(find_resume_path(args) if procs.is_main else None)
-    gan = ColorizationGAN(args, compute, procs)
+    spent = collections.Counter()  # seconds per kind of work, for the closing line
+    data = None
+    if args.ab_head != 'regress':  # the head's bins are the training images' colours: the data before the GAN
+        with timed(spent, 'data'):
+            data = open_data(args, procs, compute)
+    gan = ColorizationGAN(args, compute, procs, ab_classes=data[2] if data else None)
     if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
         torch.manual_seed(distributed.process_seed(args.seed, procs.rank, 0))
     first_epoch, first_batch, step, saved_forms = args.start_epoch, 0, 0, None
@@ -129,13 +135,11 @@ def set_up(args, compute, procs):
                     channels_last_on=gan.channels_last, processes=procs.world_size)
     print('options: ' + json.dumps(run_info, sort_keys=True))
     made_by = provenance.provenance()
-    spent = collections.Counter()  # seconds per kind of work, for the closing line
     with timed(spent, 'layer forms'):
         layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
-        train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
-        train_set = apply_remedies(args, procs, gan, train_set)
+        train_set, test_set, _ = data or open_data(args, procs, compute, gan)
     if procs.is_main:
         utils.write_json(os.path.join(args.save_path, 'args.json'),
                          dict(run_info, layer_forms=layer_forms, provenance=made_by))
@@ -156,10 +160,24 @@ def set_up(args, compute, procs):
                                           compute.device)[0] if procs.is_main else None)
 
 
+def open_data(args, procs, compute, gan=None):
+    """(training set with the remedies applied, test set, the training images' ab bins where
+    --ab_head is classify or both, else None)."""
+    train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
+    train_set = apply_remedies(args, procs, gan, train_set)
+    ab_classes = None
+    if args.ab_head != 'regress':
+        ab_classes = AbClasses.from_training_set(train_set, args.rebalance, compute.device, args.seed, args.color_enhance)
+        print(f"--ab_head {args.ab_head}: {len(ab_classes)} ab bins of 10 in the training images"
+              + (f", the cross-entropy rebalanced with lambda {args.rebalance:g}" if args.rebalance is not None else ''))
+    return train_set, test_set, ab_classes
+
+
 def apply_remedies(args, procs, gan, train_set):
     """--min_colorfulness (the training images kept, the dropped ones counted in one line and
-    listed in a file) and --rebalance (the L1's pixel weights, from the kept images); the
-    training set as it is where both are off."""
+    listed in a file) and --rebalance (the L1's pixel weights, from the kept images; a
+    distribution head's rebalancing is its own, training/ab_classes.py); the training set as it
+    is where both are off."""
     if args.min_colorfulness is not None:
         train_set, dropped, total = remedies.drop_dull_images(train_set, args.min_colorfulness)
         list_path = os.path.join(args.save_path, 'dropped_colorfulness.txt')
@@ -167,7 +185,7 @@ def apply_remedies(args, procs, gan, train_set):
             utils.atomic_write(list_path, lambda f: f.write(''.join(dropped)), mode='w')
         print(f"--min_colorfulness {args.min_colorfulness:g}: dropped {len(dropped)} of {total} training images; "
               f"all {len(dropped)} listed in {list_path}")
-    if args.rebalance is not None:
+    if args.rebalance is not None and args.ab_head == 'regress':
         gan.pixel_weights = remedies.RebalanceWeights.from_training_set(
             train_set, args.rebalance, gan.compute.device, args.seed, args.color_enhance)
     return train_set

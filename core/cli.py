@@ -66,6 +66,17 @@ def add_compute_flags(parser):
                              '(default: auto)')
 
 
+def add_decoding_flags(parser):
+    """--temperature and --blend: how a generator with a colour-distribution head decodes
+    (train.py --ab_head classify or both); the file's own values where not given."""
+    parser.add_argument('--temperature', type=number_in(float, 0, None, low_open=True), default=None, metavar='T',
+                        help="for generators with a colour-distribution head: the annealed mean's temperature "
+                             "(default: the one each generator was trained with)")
+    parser.add_argument('--blend', type=number_in(float, 0, 1), default=None, metavar='W',
+                        help="for generators with both heads: the regression's share of the decoded ab "
+                             "(default: the one each generator was trained with)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Compute:
     """Where and how a command computes: the device, the resolved precision, and its autocast."""

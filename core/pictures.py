@@ -62,6 +62,15 @@ def ab_from_network(ab):
     return ab * np.float32(AB_RANGE)
 
 
+def with_chroma_gain(ab, gain):
+    """The saturation dial: network-scale ab (a tensor or an array) times `gain`, kept in the
+    network's range [-1, 1]; a gain of 1 returns `ab` itself, untouched."""
+    if gain == 1:
+        return ab
+    scaled = ab * gain
+    return scaled.clamp(-1, 1) if torch.is_tensor(scaled) else np.clip(scaled, -1, 1)
+
+
 # ---------------------------------------------------------------- pictures
 
 def image_grid(rows, border=6, scale=2.2, column_labels=None):

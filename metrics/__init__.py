@@ -1,6 +1,7 @@
 """How good a colorization is, and how a run went: the per-pixel measures and colourfulness
 (scores), the scoring classifier with semantic accuracy and classifier FD (classifier), FID
-through the field's Inception (fid), training curves from a run's logs (curves).
+through the field's Inception (fid), training curves from a run's logs (curves), the saturation
+dial's frontier (frontier).
 
 Layer 1: may import core/ and the top-level models.py, dataset.py, utils.py, spectral.py; never
 storage/, training/ or a command.

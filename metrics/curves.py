@@ -134,6 +134,11 @@ def draw_runs(save_paths, labels, out):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle('training curves: ' + ', '.join(f'{label} ({p})' for p, label in zip(save_paths, labels)))
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out):
+    """A matplotlib figure as a PNG file written whole."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png')
     try:

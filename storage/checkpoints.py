@@ -22,8 +22,8 @@ from core.cli import UserError, first_line
 
 # The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed. A
 # checkpoint of the previous release has no image_size: it is of the 32x32 networks.
-ARCHITECTURE_FLAGS = ('image_size', 'gen_norm', 'disc_norm', 'gen_dropout')
-ARCHITECTURE_DEFAULTS = {'image_size': 32}
+ARCHITECTURE_FLAGS = ('image_size', 'gen_norm', 'disc_norm', 'gen_dropout', 'ab_head')
+ARCHITECTURE_DEFAULTS = {'image_size': 32, 'ab_head': 'regress'}
 STEP_CHECKPOINTS_KEPT = 3
 CHECKPOINT_PREFIXES = ('checkpoint_', 'generator_ep')
 
@@ -179,14 +179,22 @@ def restore_training(ckpt, path, args, gan):
 # ---------------------------------------------------------------- the generator alone
 
 def generator_config(run_args):
-    """What builds a generator, from a run's flags (a previous release's lack image_size: 32)."""
+    """What builds a generator, from a run's flags (a previous release's lack image_size: 32;
+    the ab head is named only where it is not the reference's regression)."""
     image_size = int(run_args.get('image_size') or 32)
-    return {'gen_norm': run_args.get('gen_norm', 'batch'), 'gen_dropout': float(run_args.get('gen_dropout', 0.5)),
-            'image_size': image_size, 'network': models.network_family(image_size)}
+    config = {'gen_norm': run_args.get('gen_norm', 'batch'), 'gen_dropout': float(run_args.get('gen_dropout', 0.5)),
+              'image_size': image_size, 'network': models.network_family(image_size)}
+    if run_args.get('ab_head', 'regress') != 'regress':
+        config['ab_head'] = run_args['ab_head']
+    return config
 
 
-def build_generator(config):
-    return models.build_generator(config['image_size'], config['gen_norm'], config['gen_dropout'])
+def build_generator(config, state=None):
+    """The generator `config` describes; a colour-distribution head takes its number of bins from
+    the state dict it is built for."""
+    logits = (state or {}).get('final.logits.weight')
+    return models.build_generator(config['image_size'], config['gen_norm'], config['gen_dropout'],
+                                  config.get('ab_head', 'regress'), 0 if logits is None else logits.shape[0])
 
 
 def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True):
@@ -225,7 +233,7 @@ def load_generator_weights(path):
             'epoch': number('epoch', int), 'step': number('step', int),
             'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float, 0.0),
                      'seed': number('seed', int, 0), 'image_size': number('image_size', int, 32),
-                     **{key: metadata[key] for key in ('dataset', 'data_path') if key in metadata}}}
+                     **{key: metadata[key] for key in ('dataset', 'data_path', 'ab_head') if key in metadata}}}
 
 
 def generator_state(ckpt, path):
@@ -245,7 +253,7 @@ def load_generator(path, device, ckpt=None):
     run's flags as far as the file knows them) from the file `path` (or `ckpt`, read from it)."""
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     state, config, exact = generator_state(ckpt, path)
-    G = build_generator(config)
+    G = build_generator(config, state)
     try:
         G.load_state_dict(state)
     except RuntimeError as e:

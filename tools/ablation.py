@@ -41,6 +41,13 @@ RUNS = {
                               '--adv_loss', 'hinge']),
     # the recipe the ablation chose (enhance+filter by name), to reproduce its row
     'vivid': ('vivid', []),
+    # a distribution over colours instead of their median (train.py --ab_head), under either discriminator
+    'classify': ('spectral', ['--ab_head', 'classify']),
+    'classify+rebalance': ('spectral', ['--ab_head', 'classify', '--rebalance', '0.5']),
+    'both': ('spectral', ['--ab_head', 'both']),
+    'both+rebalance': ('spectral', ['--ab_head', 'both', '--rebalance', '0.5']),
+    'classify (batch norm)': ('batchnorm', ['--ab_head', 'classify']),
+    'classify+rebalance (batch norm)': ('batchnorm', ['--ab_head', 'classify', '--rebalance', '0.5']),
 }
 # The measures in the table, in this order; those test.py does not (yet) write are left blank.
 MEASURES = ('mean_ab_error', 'mae', 'psnr', 'nazeri_accuracy', 'colorfulness', 'colorfulness_gap',

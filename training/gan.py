@@ -95,9 +95,10 @@ def batch_norm_replay(model):
 
 class ColorizationGAN:
     """`args`: train.py's flags (parse_args); `compute`: where and in what precision it runs;
-    `procs`: this process's place in a torchrun run (one process where None)."""
+    `procs`: this process's place in a torchrun run (one process where None); `ab_classes`: the
+    training images' ab bins (training/ab_classes.py) where --ab_head is classify or both."""
 
-    def __init__(self, args, compute=None, procs=None):
+    def __init__(self, args, compute=None, procs=None, ab_classes=None):
         self.args = args
         self.compute = compute or Compute(torch.device('cpu'), 'fp32')
         self.procs = procs or distributed.Processes()
@@ -105,7 +106,13 @@ class ColorizationGAN:
         self.channels_last = use_channels_last(getattr(args, 'channels_last', 'auto'), device)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         torch.manual_seed(args.seed)
-        self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout)
+        self.ab_classes = ab_classes
+        if ab_classes is None:
+            self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout)
+        else:
+            self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout, args.ab_head,
+                                            len(ab_classes))
+            models.set_decoding(self.G, args.temperature, args.blend, ab_classes.centres)
         self.D = models.build_discriminator(args.image_size, args.disc_norm)
         if args.apply_weight_init:
             models.init_weights(self.G), models.init_weights(self.D)
@@ -196,7 +203,7 @@ class ColorizationGAN:
         Returns the losses of both networks and D's scores."""
         L, ab = lab[:, :1], lab[:, 1:]
         with self.compute.autocast:
-            fake_ab, fake = self.fake_batch(self.G_run, L)
+            fake_ab, fake, head = self.fake_batch(self.G_run, L)
             fake_in = fake.detach().requires_grad_()
             with batch_norm_replay(self.D) as replay_fake_batch:
                 fake_logits = self.D(fake_in)
@@ -204,7 +211,7 @@ class ColorizationGAN:
             # (and so how D's weight gradients add up), as the reference's D step's two passes did.
             real_logits = self.D(lab)
             replay_fake_batch()
-            g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits)
+            g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits, head)
             d_loss = self.discriminator_loss(real_logits, fake_logits)
         self.opt_g.zero_grad(set_to_none=True)
         scaled = self.scaler.scale(g_loss * share)
@@ -218,27 +225,37 @@ class ColorizationGAN:
         torch.autograd.backward(self.scaler.scale(d_loss * share), inputs=list(self.D.parameters()))
         self.scaler.step(self.opt_d)
 
-    @staticmethod
-    def fake_batch(G, L):
-        """G's ab for lightness L, and the Lab batch D scores: (fake_ab, fake)."""
-        fake_ab = G(L)
-        return fake_ab, torch.cat([L, fake_ab.to(L.dtype)], dim=1)
+    def fake_batch(self, G, L):
+        """G's ab for lightness L, the Lab batch D scores, and what a colour-distribution head's
+        loss needs besides (its logits and regression; None for the reference's head)."""
+        if self.ab_classes is None:
+            fake_ab, head = G(L), None
+        else:
+            fake_ab, *head = G(L, with_logits=True)
+        return fake_ab, torch.cat([L, fake_ab.to(L.dtype)], dim=1), head
 
     def generator_losses(self, G, D, lab):
         L, ab = lab[:, :1], lab[:, 1:]
-        fake_ab, fake = self.fake_batch(G, L)
+        fake_ab, fake, head = self.fake_batch(G, L)
         fake_scores = D(fake)
-        g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores)
+        g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores, head)
         return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
 
-    def generator_loss_terms(self, ab, fake_ab, fake_scores):
-        """(adversarial, L1, total); the L1 reported is always the plain mean |ab error|, the total
-        weights it per pixel under --rebalance."""
+    def generator_loss_terms(self, ab, fake_ab, fake_scores, head=None):
+        """(adversarial, L1, total); the L1 reported is always the plain mean |ab error| of the
+        decoded ab. The total's reconstruction term: the L1 (weighted per pixel under
+        --rebalance), or a distribution head's cross-entropy (plus its regression's L1)."""
         hinge = self.args.adv_loss == 'hinge'
         g_adv = remedies.hinge_g_loss(fake_scores) if hinge else bce(fake_scores, 1.0)
         errors = (ab - fake_ab.float()).abs()
         g_l1 = errors.mean()
-        l1_term = g_l1 if self.pixel_weights is None else (errors * self.pixel_weights(ab)).mean()
+        if head is not None:
+            logits, regressed = head
+            l1_term = self.ab_classes.cross_entropy(logits, ab)
+            if regressed is not None:
+                l1_term = l1_term + (ab - regressed.float()).abs().mean()
+        else:
+            l1_term = g_l1 if self.pixel_weights is None else (errors * self.pixel_weights(ab)).mean()
         return g_adv, g_l1, (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * l1_term
 
     def discriminator_loss(self, real_logits, fake_logits):
@@ -292,9 +309,12 @@ class ColorizationGAN:
         return state
 
     def state_dict(self):
-        return {'generator_train': self.G.state_dict(), 'discriminator': self.D.state_dict(),
-                'opt_gen': self.opt_g.state_dict(), 'opt_disc': self.opt_d.state_dict(),
-                'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+        state = {'generator_train': self.G.state_dict(), 'discriminator': self.D.state_dict(),
+                 'opt_gen': self.opt_g.state_dict(), 'opt_disc': self.opt_d.state_dict(),
+                 'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+        if self.ab_classes is not None:
+            state['ab_classes'] = self.ab_classes.state()
+        return state
 
     def load_state_dict(self, ckpt):
         self.G.load_state_dict(ckpt['generator_train'])

@@ -2,7 +2,7 @@
 import sys
 
 from dataset import DATASETS
-from models import DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
+from models import AB_HEADS, DEFAULT_BLEND, DEFAULT_TEMPERATURE, DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
 from core.cli import OneLineArgumentParser, add_compute_flags, number_in
 from metrics.classifier import DEFAULT_PATH as CLASSIFIER_PATH
 from storage.checkpoints import STEP_CHECKPOINTS_KEPT
@@ -124,7 +124,8 @@ def add_remedy_flags(p):
     p.add_argument('--rebalance', type=number_in(float, 0, 1, low_open=True), default=None, metavar='LAMBDA',
                    help="Zhang et al.'s colour rebalancing: each pixel's L1 weighted by the inverse of its ab's "
                         "smoothed frequency in the training set, mixed with uniform by LAMBDA in (0, 1] "
-                        "(the paper: 0.5); 1 weighs every pixel alike (default: off)")
+                        "(the paper: 0.5); 1 weighs every pixel alike; with --ab_head classify or both, the "
+                        "cross-entropy's weights (default: off)")
     p.add_argument('--min_colorfulness', type=number_in(float, 0, None), default=None, metavar='C',
                    help="BigColor's filter: train without the images whose colourfulness (Hasler and Suesstrunk) "
                         "is below C (BigColor: 15), listed in --save_path/dropped_colorfulness.txt; 0 drops none, "
@@ -132,6 +133,17 @@ def add_remedy_flags(p):
     p.add_argument('--adv_loss', choices=('bce', 'hinge'), default='bce',
                    help="the adversarial loss: bce, the reference's (with --smoothing), or hinge (BigColor's; "
                         "--smoothing does not apply) (default: bce)")
+    p.add_argument('--ab_head', choices=AB_HEADS, default='regress',
+                   help="what the generator's last layer predicts: regress, ab itself under the L1 loss (the "
+                        "reference's); classify, a distribution over the ab bins of 10 that the training images use "
+                        "(Zhang et al. 2016: soft-encoded targets, cross-entropy in the L1's place, rebalanced where "
+                        "--rebalance sets lambda), decoded by its annealed mean, which the discriminator judges; "
+                        "both, the two heads and both losses, decoded as a blend (default: regress)")
+    p.add_argument('--temperature', type=number_in(float, 0, None, low_open=True), default=DEFAULT_TEMPERATURE,
+                   metavar='T', help="classify and both: the annealed mean's temperature, softmax(logits / T); 1 is "
+                                     "the distribution's mean, towards 0 its most likely colour (default: 0.38)")
+    p.add_argument('--blend', type=number_in(float, 0, 1), default=DEFAULT_BLEND, metavar='W',
+                   help="both: the regression's share of the decoded ab, the distribution's 1 - W (default: 0.5)")
 
 
 def parse_training_args(argv=None):

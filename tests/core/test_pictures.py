@@ -67,3 +67,12 @@ def test_column_titles_never_break_inside_a_word():
                 assert word in words or (word.endswith('.') and any(w.startswith(word[:-1]) for w in words))
     assert pictures.header_lines('original', width)[0] == ['original']
     assert pictures.header_lines('grayscale', width)[0] == ['grayscale']
+
+
+def test_the_chroma_gain_scales_ab_within_the_networks_range_and_a_gain_of_one_changes_nothing():
+    ab = torch.tensor([[[[0.2, -0.6]], [[0.9, -0.1]]]])
+    assert pictures.with_chroma_gain(ab, 1) is ab and pictures.with_chroma_gain(ab, 1.0) is ab
+    assert torch.allclose(pictures.with_chroma_gain(ab, 1.5), torch.tensor([[[[0.3, -0.9]], [[1.0, -0.15]]]]))
+    assert torch.equal(pictures.with_chroma_gain(ab, 0), torch.zeros_like(ab))
+    as_array = pictures.with_chroma_gain(ab.numpy(), 2.0)
+    assert isinstance(as_array, np.ndarray) and np.array_equal(as_array, np.clip(ab.numpy() * 2, -1, 1))
