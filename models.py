@@ -113,8 +113,9 @@ def annealed_mean(logits, centres, temperature):
     """Zhang et al.'s decoding of a distribution over ab bins: softmax(logits / T) over the bins
     (dim 1), then the expected bin centre. (N, Q, H, W) logits, (Q, 2) centres -> (N, 2, H, W).
     T = 1: the distribution's mean; T -> 0: the most likely bin's centre."""
-    p = torch.softmax(logits.float() / temperature, dim=1)
-    return torch.einsum('nqhw,qc->nchw', p, centres.float())
+    # Bins last: a channels-last map's dense (N, H, W, Q) view, softmax and product without copies.
+    p = torch.softmax(logits.float().permute(0, 2, 3, 1) / temperature, dim=-1)
+    return (p @ centres.float()).permute(0, 3, 1, 2)
 
 
 class ColourDistributionHead(nn.Module):

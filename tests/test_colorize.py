@@ -1,4 +1,5 @@
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import colorize
 from core import pictures
 from storage.checkpoints import load_generator
 from core.cli import Compute, run_cli
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 from models import Generator
 
 FLAGS = ['--device', 'cpu', '--precision', 'fp32']
@@ -221,6 +222,37 @@ def test_a_64_pixel_model_colorizes_pictures_of_any_size_keeping_size_and_lightn
         assert chroma8(colored).mean() > 0.5  # colour was added
 
 
+@pytest.mark.parametrize('gain', [1.0, 1.5])
+def test_the_colours_are_the_generators_at_its_own_size_scaled_up_to_the_picture(model_64, tmp_path, gain):
+    """A picture larger than the model's 64 pixels: the ab of the written file, read back, is the
+    generator's ab for the picture's lightness shrunk to 64x64 (pixel areas averaged), times
+    --chroma_gain and kept in [-1, 1], scaled up to the picture's size (bicubic) and joined with
+    its full-resolution L; within the 8-bit file's rounding, wherever RGB can show that colour
+    (elsewhere colorize.py keeps a share of it)."""
+    width, height = 200, 150
+    photo, out = tmp_path / 'photo.png', tmp_path / 'out'
+    picture = scene(width, height, seed=11)
+    cv2.imwrite(str(photo), picture)
+    assert run_cli(colorize.main, [str(photo), '--checkpoint', model_64, '--output', str(out), *FLAGS,
+                                   '--chroma_gain', str(gain)]) == 0
+    written = cv2.imread(str(out / 'photo.png'))
+    assert written.shape == picture.shape
+
+    L = cv2.cvtColor(picture.astype(np.float32) / 255, cv2.COLOR_BGR2Lab)[..., 0]
+    small = cv2.resize(L, (64, 64), interpolation=cv2.INTER_AREA) / 50 - 1
+    G, _, _ = load_generator(model_64, 'cpu')
+    with torch.no_grad():
+        ab_small = G(torch.from_numpy(small)[None, None]).numpy()[0].transpose(1, 2, 0)
+    ab_small = np.clip(ab_small * gain, -1, 1)
+    ab = np.clip(cv2.resize(ab_small, (width, height), interpolation=cv2.INTER_CUBIC), -1, 1) * 127
+    got = cv2.cvtColor(written.astype(np.float32) / 255, cv2.COLOR_BGR2Lab)[..., 1:]
+    shown = cv2.cvtColor(np.dstack([L, ab]).astype(np.float32), cv2.COLOR_Lab2BGR)
+    inside = ((shown > 0.02) & (shown < 0.98)).all(axis=2)  # within RGB's gamut, with a margin
+    assert inside.mean() > 0.5 and np.abs(ab[inside]).max() > 20  # most of the picture, in colour
+    error = np.abs(got - ab)[inside]
+    assert error.max() < 3 and error.mean() < 0.75, (error.max(), error.mean())
+
+
 def test_the_network_runs_at_the_models_size_or_the_photos_rounded_and_capped(model_64):
     G, _, _ = load_generator(model_64, 'cpu')
     assert colorize.network_size(G, 97, 301, 'model', 1024) == (64, 64)
@@ -229,3 +261,32 @@ def test_the_network_runs_at_the_models_size_or_the_photos_rounded_and_capped(mo
     assert colorize.network_size(G, 5, 7, 'photo', 1024) == (32, 32)
     reference = Generator('batch')
     assert colorize.network_size(reference, 970, 3010, 'photo', 1024) == (32, 32)  # the 32x32 networks take 32 only
+
+
+class _OpensAFile:
+    """Unpickled with full pickle, this object creates the file `path`: a stand-in for any code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+@pytest.mark.parametrize('writer', ['torch.save', 'pickle'])
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_and_runs_none(writer, tmp_path):
+    marker, evil = tmp_path / 'code_ran', tmp_path / 'evil.pt'
+    hostile = {'generator': _OpensAFile(str(marker)), 'args': {'gen_norm': 'batch'}}
+    if writer == 'torch.save':
+        torch.save(hostile, evil)
+    else:
+        evil.write_bytes(pickle.dumps(hostile, protocol=2))
+    picture = tmp_path / 'photo.png'
+    cv2.imwrite(str(picture), scene(48, 40, seed=7))
+    r = run_in_process(colorize.main, [str(picture), '--checkpoint', str(evil), '--output', str(tmp_path / 'out'),
+                                       *FLAGS])
+    assert not marker.exists(), 'the checkpoint ran code'
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(evil) in lines[0] and 'could run code' in lines[0], lines
+    assert not (tmp_path / 'out').exists()

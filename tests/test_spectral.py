@@ -71,11 +71,22 @@ def test_channels_last_and_autocast_give_the_same_result():
     out_cl = conv_cl(x.to(memory_format=torch.channels_last))
     assert torch.allclose(out_cl, reference, atol=1e-5)
     conv.train()
+    sn = conv.parametrizations.weight[0]
+    u0 = sn.u.clone()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = conv(x.to(memory_format=torch.channels_last))
-        sigma_dtype = conv.parametrizations.weight[0].u.dtype
+        sigma_dtype = sn.u.dtype
     assert out.dtype == torch.bfloat16 and sigma_dtype == torch.float32
     assert torch.allclose(out.float(), reference, atol=0.05)
+    # The power step under autocast is the fp32 one: u is one step of v = W^T u / |.|, u = W v / |.|
+    # computed in fp64 from the same (channels-last) weight and the previous u, to fp32's rounding.
+    # A step in bf16 (8 bits of mantissa) would be off by about 1e-3.
+    W = conv.parametrizations.weight.original.detach().double().reshape(32, -1)
+    v = torch.nn.functional.normalize(W.t() @ u0.double(), dim=0, eps=sn.eps)
+    u1 = torch.nn.functional.normalize(W @ v, dim=0, eps=sn.eps)
+    assert (u1 - u0.double()).abs().max() > 1e-4  # the step moves u: the comparison below sees it was taken
+    torch.testing.assert_close(sn.u.double(), u1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sn.v.double(), v, rtol=0, atol=1e-6)
 
 
 def test_each_pass_is_differentiated_with_the_vectors_it_used():

@@ -77,6 +77,66 @@ def test_test_py_writes_a_results_page_that_matches_its_metrics(tiny_cifar, tmp_
     assert set(metrics['provenance']) >= {'code', 'versions'}
 
 
+def hasler_susstrunk(rgb_uint8):
+    """Colourfulness (Hasler and Suesstrunk 2003) of each image, by SPEC.md's formula, averaged."""
+    values = []
+    for image in rgb_uint8.astype(np.float64):
+        r, g, b = image[..., 0], image[..., 1], image[..., 2]
+        rg, yb = r - g, (r + g) / 2 - b
+        values.append(np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
+    return float(np.mean(values))
+
+
+def opencv_lab(rgb_uint8):
+    """OpenCV's float Lab of each uint8 RGB image: L in [0, 100], a and b about [-127, 127]."""
+    return np.stack([cv2.cvtColor(image.astype(np.float32) / 255, cv2.COLOR_RGB2Lab) for image in rgb_uint8])
+
+
+def test_test_py_writes_the_scores_computed_by_hand_from_the_images_and_the_generator(tiny_cifar, tmp_path):
+    """Every score in metrics.json, for a generator, for no colour (ab = 0) and the truth's
+    colourfulness, recomputed here by SPEC.md's definitions: the test images read from the batch
+    file, the generator run on their lightness, the prediction as the true L joined with its ab."""
+    import pickle
+    torch.manual_seed(3)
+    G = Generator('batch').eval()
+    with torch.no_grad():  # batch-norm statistics of its own, as a trained generator has
+        for name, buffer in G.named_buffers():
+            if 'running_mean' in name:
+                buffer.normal_(0, 0.1)
+    ckpt, out = str(tmp_path / 'g.pt'), tmp_path / 'out'
+    torch.save(G.state_dict(), ckpt)
+    r = run('--data_path', tiny_cifar, '--checkpoints', ckpt, '--labels', 'g', '--save_path', str(out),
+            '--batch_size', '10', '--num_grids', '0', '--precision', 'fp32', '--classifier', 'off')
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(out / 'metrics.json'))
+
+    with open(os.path.join(tiny_cifar, 'cifar-10-batches-py', 'test_batch'), 'rb') as f:
+        truth = pickle.load(f, encoding='bytes')[b'data'].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    lab = opencv_lab(truth)
+    L = lab[..., :1] / 50 - 1  # network scale
+    with torch.no_grad():
+        predicted = G(torch.from_numpy(L).permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).numpy()
+
+    def scores(ab):
+        """The measures of network-scale ab (N, 32, 32, 2) joined with the true L."""
+        joined = np.concatenate([(L + 1) * 50, ab * 127], axis=-1).astype(np.float32)
+        rgb = np.stack([cv2.cvtColor(image, cv2.COLOR_Lab2RGB) for image in joined])
+        rgb = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+        diff = rgb.astype(np.float64) - truth
+        close = (np.abs(np.rint(opencv_lab(rgb)) - np.rint(lab)) <= [2, 4.4, 4.4]).all(axis=-1)
+        return {'mean_ab_error': np.abs(ab - lab[..., 1:] / 127).mean(), 'mae': np.abs(diff).mean(),
+                'psnr': np.mean(10 * np.log10(255 ** 2 / (diff ** 2).mean(axis=(1, 2, 3)))),
+                'nazeri_accuracy': close.mean(), 'colorfulness': hasler_susstrunk(rgb)}
+    truth_colorfulness = hasler_susstrunk(truth)
+    assert metrics['truth_colorfulness'] == pytest.approx(truth_colorfulness, rel=1e-12)
+    assert metrics['images'] == len(truth) == 24
+    for row, ab in ((metrics['checkpoints']['g'], predicted), (metrics['baseline'], np.zeros_like(predicted))):
+        expected = scores(ab)
+        expected['colorfulness_gap'] = abs(expected['colorfulness'] - truth_colorfulness)
+        assert {key: row[key] for key in expected} == pytest.approx(expected, rel=1e-6)
+    assert metrics['checkpoints']['g']['colorfulness'] > 1  # a generator that colours, unlike the baseline
+
+
 def test_test_py_scores_each_class_and_the_classes_add_up_to_the_whole(tiny_cifar, tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
     ckpt, out = str(tmp_path / 'g.pt'), str(tmp_path / 'out')
@@ -141,21 +201,67 @@ def test_test_py_picks_images_by_the_stated_rule(tiny_cifar, tmp_path):
     assert r.returncode == 2 and '--pick compares the first two checkpoints, and 1 was given' in r.stderr
 
 
-def test_the_published_generators_are_fetched_once_and_scored_side_by_side(weights_server, tiny_cifar, tmp_path,
+def constant_generator(ab):
+    """A reference-layout generator whose every pixel is the colour `ab` (network scale): its last
+    layer's weights zero, its bias tanh's inverse of `ab`."""
+    torch.manual_seed(0)
+    G = Generator('batch')
+    with torch.no_grad():
+        G.final.model[0].weight.zero_()
+        G.final.model[0].bias.copy_(torch.atanh(torch.as_tensor(ab, dtype=torch.float32)))
+    return G.state_dict()
+
+
+@pytest.fixture
+def two_generators_server(tmp_path, tiny_cifar):
+    """A local server for the published-weights download, serving two different generators in the
+    reference's layout: bn.pt paints every pixel the test images' median colour, sn.pt paints
+    none (ab = 0). The median is the constant nearest the truth in mean |ab error|, so bn.pt's
+    error is below sn.pt's, which is the grey baseline's."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import QuietFileHandler
+    folder = tmp_path / 'two_served'
+    folder.mkdir()
+    ab = load_split(tiny_cifar, train=False).lab[..., 1:].reshape(-1, 2)
+    median = ab.median(dim=0).values
+    assert median.abs().max() > 0.01  # a colour, not grey
+    torch.save(constant_generator(median), folder / 'bn.pt')
+    torch.save(constant_generator([0.0, 0.0]), folder / 'sn.pt')
+    handler = functools.partial(QuietFileHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{server.server_port}', folder
+    server.shutdown()
+
+
+def test_the_published_generators_are_fetched_once_and_scored_side_by_side(two_generators_server, tiny_cifar, tmp_path,
                                                                           monkeypatch):
-    served = (('batch-norm recipe', f'{weights_server}/bn.pt'), ('spectral-norm recipe', f'{weights_server}/sn.pt'))
+    url, served_folder = two_generators_server
+    served = (('batch-norm recipe', f'{url}/bn.pt'), ('spectral-norm recipe', f'{url}/sn.pt'))
     monkeypatch.setattr(published, 'PUBLISHED_GENERATORS', served)
     cache, out = tmp_path / 'cache', tmp_path / 'out'
     argv = ['--data_path', tiny_cifar, '--weights_cache', str(cache), '--save_path', str(out), '--num_grids', '0',
-            '--precision', 'fp32']
+            '--precision', 'fp32', '--classifier', 'off']
     r = run(*argv)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(cache)) == ['bn.pt', 'sn.pt']
-    assert set(json.load(open(out / 'metrics.json'))['checkpoints']) == {'batch-norm recipe', 'spectral-norm recipe'}
+    for name in ('bn.pt', 'sn.pt'):  # each fetched as served
+        assert (cache / name).read_bytes() == (served_folder / name).read_bytes(), name
+    metrics = json.load(open(out / 'metrics.json'))
+    assert set(metrics['checkpoints']) == {'batch-norm recipe', 'spectral-norm recipe'}
+    median, grey = metrics['checkpoints']['batch-norm recipe'], metrics['checkpoints']['spectral-norm recipe']
+    # each row is its own generator's: the grey one scores as the baseline, the median colour's
+    # error is lower and its colours more vivid
+    assert {k: v for k, v in grey.items() if k != 'path'} == metrics['baseline']
+    assert median['mean_ab_error'] < grey['mean_ab_error'] and median['colorfulness'] > grey['colorfulness'] + 1
     # once fetched, they come from the cache: a dead server does not matter
     monkeypatch.setattr(published, 'PUBLISHED_GENERATORS', tuple((label, 'http://127.0.0.1:9/' + url.rsplit('/', 1)[1])
                                                                   for label, url in served))
     assert run(*argv).returncode == 0
+    assert json.load(open(out / 'metrics.json'))['checkpoints'] == metrics['checkpoints']
 
 
 def test_offline_test_py_ends_at_once_with_one_line(tiny_cifar, tmp_path, monkeypatch):
@@ -199,11 +305,11 @@ def test_test_py_scores_colour_gap_semantic_accuracy_and_classifier_fd_for_every
     ΔCF 0; a grey row's ΔCF is the truth's colourfulness; the classifier's accuracy on the truth is
     what classifier.top1 gives on the same images."""
     from metrics import classifier
-    from test_classifier import small_classifier
     torch.manual_seed(0)
     ckpt, out, judge_path = str(tmp_path / 'g.pt'), str(tmp_path / 'out'), str(tmp_path / 'c.safetensors')
     torch.save({'generator': Generator('batch').state_dict(), 'args': {'gen_norm': 'batch'}}, ckpt)
-    classifier.save_classifier(judge_path, small_classifier(), {'test_top1': '0.1', 'command': 'made by a test'})
+    classifier.save_classifier(judge_path, classifier.CifarClassifier((8, 8, 16), stem_width=8).eval(),
+                              {'test_top1': '0.1', 'command': 'made by a test'})
     r = run('--data_path', tiny_cifar, '--checkpoints', ckpt, '--labels', 'g', '--save_path', out, '--batch_size',
             '10', '--num_grids', '0', '--precision', 'fp32', '--per_class', '--classifier', judge_path)
     assert r.returncode == 0, r.stderr

@@ -11,7 +11,7 @@ import torch
 from metrics import classifier
 import dataset
 from core.cli import UserError
-from conftest import ROOT, SHARED_DATA, run_in_process
+from conftest import ROOT, SHARED_DATA
 
 
 def gaussian_features(n, d, seed, shift=0.0):

@@ -3,7 +3,9 @@ weights are missing offline or are not weights. The weights file is made here: t
 Inception architecture with seeded random weights (the real ones cannot be downloaded in tests).
 The distances are taken on its first pool features (64 values): the 2048-value ones FID is
 defined on go through the same code, but their distance takes minutes of a 2-core CPU."""
+import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -70,7 +72,6 @@ def test_test_py_scores_fid_offline_with_a_weights_file(tmp_path, random_incepti
         '--data_path', tiny_cifar, '--checkpoints', ckpt, '--save_path', out, '--num_grids', '0',
         '--precision', 'fp32', '--fid', '--fid_weights', random_inception_weights, '--classifier', 'off'])
     assert r.returncode == 0, r.stderr
-    import json
     metrics = json.load(open(os.path.join(out, 'metrics.json')))
     assert metrics['checkpoints']['g.pt']['fid'] > 0 and metrics['baseline']['fid'] > 0
     assert 'FID' in r.stdout.splitlines()[0] and metrics['fid_weights'] == random_inception_weights
@@ -94,3 +95,39 @@ def test_a_weights_file_that_is_not_plain_weights_is_refused(tmp_path):
         fid.inception_metric(str(bad), torch.device('cpu'))
     with pytest.raises(UserError, match='does not exist'):
         fid.weights_file(str(tmp_path / 'absent.pth'))
+
+
+class _OpensAFile:
+    """Unpickled with full pickle, this object creates the file `path`: a stand-in for any code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+@pytest.mark.parametrize('writer', ['torch.save', 'pickle'])
+def test_test_py_refuses_fid_weights_that_would_run_code_in_one_line_and_runs_none(writer, tmp_path):
+    """torchmetrics loads the weights with full pickle: test.py must refuse such a file first."""
+    from models import Generator
+    marker, evil = tmp_path / 'code_ran', tmp_path / 'evil-inception.pth'
+    hostile = {'Conv2d_1a_3x3.conv.weight': torch.zeros(32, 3, 3, 3), 'fc.bias': _OpensAFile(str(marker))}
+    if writer == 'torch.save':
+        torch.save(hostile, evil)
+    else:
+        evil.write_bytes(pickle.dumps(hostile, protocol=2))
+    data = str(tmp_path / 'data')
+    make_tiny_cifar(data, per_batch=2, test_images=4)
+    torch.manual_seed(0)
+    ckpt, out = str(tmp_path / 'g.pt'), tmp_path / 'out'
+    torch.save(Generator('batch').state_dict(), ckpt)
+    r = run_in_process(command_line('test').main, [
+        '--data_path', data, '--checkpoints', ckpt, '--save_path', str(out), '--num_grids', '0',
+        '--precision', 'fp32', '--fid', '--fid_weights', str(evil), '--classifier', 'off'])
+    assert not marker.exists(), 'the weights file ran code'
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    *progress, line = r.stderr.strip().splitlines()  # the scoring's progress bar, then one line
+    assert all(bar.startswith('colorize: ') for bar in progress), progress
+    assert str(evil) in line and 'not a plain weights file' in line, line
+    assert not (out / 'metrics.json').exists()

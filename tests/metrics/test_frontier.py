@@ -3,7 +3,6 @@ at a colourfulness by interpolation, the table and picture, and the gains applie
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 

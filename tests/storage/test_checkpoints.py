@@ -1,12 +1,15 @@
 """Checkpoints and generator files: written whole or not at all, read back as tensors and plain data only."""
+import errno
+import io
+import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -17,7 +20,7 @@ import colorize
 import export
 import utils
 from core.cli import UserError
-from conftest import ROOT, command_line, run_in_process, run_train, train_command
+from conftest import ROOT, command_line, make_tiny_cifar, run_in_process, run_train, smooth_images, train_command
 
 
 def test_checkpoint_save_is_atomic_and_loads_with_weights_only(tmp_path):
@@ -90,63 +93,175 @@ def as_previous_release(ck):
 
 
 def test_the_previous_releases_checkpoints_resume_score_colorize_and_export(tiny_cifar, tmp_path):
+    """A checkpoint and a generator file of the previous release resume a run, and score and
+    colorize exactly as the same files in this release's format and as export.py's conversion."""
     ck = str(tmp_path / 'ck')
     assert run_train(train_command(tiny_cifar, ck, '--max_steps', '2', '--val_batches', '1')).returncode == 0
     path, weights = as_previous_release(ck)
     r = run_train(train_command(tiny_cifar, ck, '--max_steps', '3', '--val_batches', '1', '--resume', path))
     assert r.returncode == 0, r.stderr
     assert 'resuming from' in r.stdout and 'step 2' in r.stdout
+    current = tmp_path / 'current'  # the resumed run's files as this release wrote them
+    current.mkdir()
+    for name in ('checkpoint_ep0.pt', 'generator_ep0.safetensors'):
+        shutil.copy(os.path.join(ck, name), current / name)
     path, weights = as_previous_release(ck)
-    test_cli = command_line('test')
-    for checkpoint in (path, weights):
-        r = run_in_process(test_cli.main, ['--checkpoints', checkpoint, '--data_path', tiny_cifar, '--num_grids', '0',
-                                           '--save_path', str(tmp_path / 'out'), '--precision', 'fp32'])
-        assert r.returncode == 0, r.stderr
+    converted = str(tmp_path / 'g.safetensors')
+    r = run_in_process(export.main, [path, '--out', converted])
+    assert r.returncode == 0 and '--image_size 32' in r.stdout
+    G, exact, run_args = checkpoints.load_generator(converted, 'cpu')
+    assert run_args['image_size'] == 32 and run_args['network'] == 'reference'
+
+    scored = {'old checkpoint': path, 'old generator file': weights, 'converted': converted,
+              'checkpoint': str(current / 'checkpoint_ep0.pt'),
+              'generator file': str(current / 'generator_ep0.safetensors')}
+    r = run_in_process(command_line('test').main, ['--checkpoints', *scored.values(), '--labels', *scored,
+                                                   '--data_path', tiny_cifar, '--num_grids', '0', '--precision', 'fp32',
+                                                   '--save_path', str(tmp_path / 'out')])
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(tmp_path / 'out' / 'metrics.json'))
+    rows = {label: {k: v for k, v in metrics['checkpoints'][label].items() if k != 'path'} for label in scored}
+    assert rows['checkpoint'] != {k: v for k, v in metrics['baseline'].items() if k in rows['checkpoint']}
+    for label in scored:
+        assert rows[label] == rows['checkpoint'], label
+
     photos = tmp_path / 'photos'
     photos.mkdir()
-    cv2.imwrite(str(photos / 'a.png'), np.full((40, 30, 3), 128, np.uint8))
-    r = run_in_process(colorize.main, ['--checkpoint', weights, str(photos), '--output', str(tmp_path / 'col'),
-                                       '--precision', 'fp32'])
-    assert r.returncode == 0, r.stderr
-    r = run_in_process(export.main, [path, '--out', str(tmp_path / 'g.safetensors')])
-    assert r.returncode == 0 and '--image_size 32' in r.stdout
-    G, exact, run_args = checkpoints.load_generator(str(tmp_path / 'g.safetensors'), 'cpu')
-    assert run_args['image_size'] == 32 and run_args['network'] == 'reference'
+    cv2.imwrite(str(photos / 'a.png'), cv2.resize(smooth_images(1, seed=4)[0], (30, 40)))
+    for generator, out in ((weights, 'old'), (path, 'old_checkpoint'), (converted, 'converted')):
+        r = run_in_process(colorize.main, ['--checkpoint', generator, str(photos), '--output', str(tmp_path / out),
+                                           '--precision', 'fp32'])
+        assert r.returncode == 0, r.stderr
+    colorized = {out: (tmp_path / out / 'a.png').read_bytes() for out in ('old', 'old_checkpoint', 'converted')}
+    assert colorized['old'] == colorized['old_checkpoint'] == colorized['converted']
+
+
+# The space a full-disk message names: "... the <what> <file> needs N MB in <folder> (F MB free)" or
+# "(the disk filled up while writing)".
+DISK_FULL = re.compile(r'the disk is full: the (?:checkpoint|generator file) (\S+) needs ([\d,]+) MB in (.+?) '
+                       r'\((?:([\d,]+) MB free|the disk filled up while writing)\)')
+
+
+def megabytes(text):
+    return int(text.replace(',', ''))
 
 
 def test_a_disk_that_cannot_hold_the_checkpoint_is_one_line_and_keeps_the_last(tmp_path, monkeypatch):
     path = str(tmp_path / 'checkpoint_ep1.pt')
     with open(path, 'wb') as f:
         f.write(b'the previous checkpoint')
+    state = {'x': torch.zeros(3_000_000)}  # 12 MB of float32
+    written = io.BytesIO()
+    torch.save(state, written)  # the bytes the checkpoint would take
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(checkpoints.shutil, 'disk_usage', lambda folder: usage._replace(free=200_000))
-    with pytest.raises(UserError, match=r'the disk is full: the checkpoint checkpoint_ep1.pt needs 0 MB in .* \(0 MB free\)'):
-        checkpoints.save_checkpoint(path, {'x': torch.zeros(100_000)})
+    monkeypatch.setattr(checkpoints.shutil, 'disk_usage', lambda folder: usage._replace(free=5_000_000))
+    with pytest.raises(UserError) as e:
+        checkpoints.save_checkpoint(path, state)
+    message = str(e.value)
+    assert '\n' not in message and 'intact' in message
+    name, needed, folder, free = DISK_FULL.search(message).groups()
+    assert (name, folder) == ('checkpoint_ep1.pt', str(tmp_path))
+    assert megabytes(needed) == round(len(written.getvalue()) / 1e6) == 12 and megabytes(free) == 5
     assert open(path, 'rb').read() == b'the previous checkpoint'
     assert os.listdir(tmp_path) == ['checkpoint_ep1.pt']
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 450 MB file system: room for one epoch's checkpoint and generator file, not for two."""
+DISK_BYTES = 450_000_000  # room for one epoch's checkpoint and generator file, not for two
+
+
+def mounted_small_disk(folder):
+    """A tmpfs of DISK_BYTES at `folder`, or skip where this machine refuses the mount."""
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={DISK_BYTES}', 'tmpfs', str(folder)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f'cannot mount a small file system here ({mounted.stderr.decode().strip()}); '
+                    f'the simulated one runs instead')
+
+
+def simulate_small_disk(folder, monkeypatch):
+    """A disk of DISK_BYTES at `folder`, without a mount, for train.py run in this process: the
+    free space it reports is DISK_BYTES less what the folder holds, and a write into the folder
+    that goes past it stores what fits and fails with ENOSPC, as a real file system's does."""
+    folder = os.path.abspath(folder)
+
+    def inside(path):
+        return os.path.abspath(path).startswith(folder + os.sep) or os.path.abspath(path) == folder
+
+    def used():
+        return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(folder) for n in names)
+    disk_usage = shutil.disk_usage
+
+    def small_disk_usage(path):
+        if not inside(path):
+            return disk_usage(path)
+        return disk_usage(path)._replace(total=DISK_BYTES, used=used(), free=max(0, DISK_BYTES - used()))
+
+    class FillingFile:
+        def __init__(self, f):
+            self.f, self.room = f, DISK_BYTES - used()
+
+        def write(self, data):
+            data = memoryview(data).cast('B')
+            if len(data) > self.room:
+                self.f.write(data[:max(0, self.room)])
+                self.f.flush()
+                self.room = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+    atomic_write = checkpoints.atomic_write
+
+    def filling_atomic_write(path, write_fn, mode='wb'):
+        if not inside(path) or 'b' not in mode:
+            return atomic_write(path, write_fn, mode)
+        return atomic_write(path, lambda f: write_fn(FillingFile(f)), mode)
+    monkeypatch.setattr(shutil, 'disk_usage', small_disk_usage)
+    monkeypatch.setattr(checkpoints, 'atomic_write', filling_atomic_write)
+
+
+@pytest.fixture(params=['tmpfs', 'simulated'])
+def small_disk(request, tmp_path, monkeypatch):
+    """(folder on a DISK_BYTES disk, how to run train.py there): a mounted tmpfs and train.py as
+    a process, where this machine allows the mount; everywhere, the same disk simulated for
+    train.py in this process (simulate_small_disk)."""
     folder = tmp_path / 'disk'
     folder.mkdir()
-    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=450m', 'tmpfs', str(folder)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f'cannot mount a small file system here ({mounted.stderr.decode().strip()})')
-    yield str(folder)
-    subprocess.run(['umount', str(folder)])
+    if request.param == 'simulated':
+        simulate_small_disk(folder, monkeypatch)
+        yield str(folder), run_train
+        return
+    mounted_small_disk(folder)
+    try:
+        yield str(folder), lambda command: subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    finally:
+        subprocess.run(['umount', str(folder)])
 
 
-def test_a_full_disk_during_training_ends_in_one_line_and_keeps_the_previous_checkpoint(tiny_cifar, small_disk):
-    ck = os.path.join(small_disk, 'ck')
-    cmd = train_command(tiny_cifar, ck, '--max_epoch', '2', '--save_freq', '1', '--val_batches', '1',
-                        '--batch_size', '16', '--tensorboard', 'off')
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def test_a_full_disk_during_training_ends_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, small_disk):
+    folder, run = small_disk
+    data = str(tmp_path / 'data')
+    make_tiny_cifar(data, per_batch=1, test_images=8)  # 5 training images: one step an epoch
+    ck = os.path.join(folder, 'ck')
+    r = run(train_command(data, ck, '--max_epoch', '2', '--save_freq', '1', '--val_batches', '1',
+                          '--tensorboard', 'off'))
     assert r.returncode in (1, 2), r.stderr[-2000:]
     lines = [line for line in r.stderr.splitlines() if 'error' in line]
-    assert len(lines) == 1 and 'the disk is full' in lines[0] and ck in lines[0] and 'MB' in lines[0], r.stderr[-2000:]
-    assert 'Traceback' not in r.stderr and 'terminate called' not in r.stderr
-    assert not [n for n in os.listdir(ck) if n.endswith('.tmp')]
+    assert len(lines) == 1 and 'Traceback' not in r.stderr and 'terminate called' not in r.stderr, r.stderr[-2000:]
+    # It names the folder and the space: the file it could not write needs as much as its
+    # epoch-0 twin took, more than was free.
+    name, needed, named_folder, free = DISK_FULL.search(lines[0]).groups()
+    assert named_folder == ck and name in ('checkpoint_ep1.pt', 'generator_ep1.safetensors'), lines[0]
+    twin = os.path.getsize(os.path.join(ck, name.replace('ep1', 'ep0')))
+    assert abs(megabytes(needed) - twin / 1e6) <= 1, (lines[0], twin)
+    assert free is None or megabytes(free) < megabytes(needed), lines[0]
+    # The last checkpoint and generator file are whole; of the file that did not fit, nothing is left.
+    files = set(os.listdir(ck))
+    assert {'checkpoint_ep0.pt', 'generator_ep0.safetensors'} <= files and name not in files
+    assert 'checkpoint_ep1.pt' not in files and not [n for n in files if n.endswith('.tmp')], files
     previous = torch.load(os.path.join(ck, 'checkpoint_ep0.pt'), weights_only=True)
-    assert previous['epoch'] == 0 and not os.path.exists(os.path.join(ck, 'checkpoint_ep1.pt'))
+    assert previous['epoch'] == 0
+    G, _, _ = checkpoints.load_generator(os.path.join(ck, 'generator_ep0.safetensors'), 'cpu')
+    assert all(torch.equal(t, previous['generator'][k]) for k, t in G.state_dict().items())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import models
-from conftest import command_line, lab_batch, run_in_process, run_train, train_command
+from conftest import command_line, run_in_process, run_train, train_command
 from dataset import LabImages
 from storage import checkpoints
 from training import ab_classes, remedies

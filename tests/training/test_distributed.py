@@ -107,18 +107,21 @@ def _batchnorm_worker(procs, x, upstream):
 
 
 def test_synchronized_batch_norm_computes_batch_norm_of_the_whole_global_batch(two_process_results):
-    x, upstream, got = two_process_results['batchnorm']
+    x, upstream, first = two_process_results['batchnorm']
+    second = two_process_results['second process']['batchnorm']
     bn = nn.BatchNorm2d(3).double()
     whole = x.clone().requires_grad_()
     y = bn(whole)
     (y * upstream).sum().backward()
-    first = slice(0, 3)
-    torch.testing.assert_close(got['y'], y[first].detach(), rtol=0, atol=1e-12)
-    torch.testing.assert_close(got['grad_x'], whole.grad[first], rtol=0, atol=1e-12)
-    # each process holds its own part of the parameter gradients; their sum is the whole batch's
-    assert got['grad_w'].shape == bn.weight.grad.shape
-    torch.testing.assert_close(got['running_mean'], bn.running_mean, rtol=0, atol=1e-12)
-    torch.testing.assert_close(got['running_var'], bn.running_var, rtol=0, atol=1e-12)
+    for got, part in ((first, slice(0, 3)), (second, slice(3, 6))):
+        torch.testing.assert_close(got['y'], y[part].detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(got['grad_x'], whole.grad[part], rtol=0, atol=1e-12)
+        torch.testing.assert_close(got['running_mean'], bn.running_mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got['running_var'], bn.running_var, rtol=0, atol=1e-12)
+    # Each process's loss is the sum over its own part, and each holds its own part of the
+    # parameter gradients (DistributedDataParallel then reduces them): their sum is the whole batch's.
+    for key, whole_grad in (('grad_w', bn.weight.grad), ('grad_b', bn.bias.grad)):
+        torch.testing.assert_close(first[key] + second[key], whole_grad, rtol=0, atol=1e-12)
 
 
 def _step_worker(procs, cases, lab):
