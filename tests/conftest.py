@@ -261,3 +261,24 @@ def assert_unchanged(before, after):
             assert before[key] == after[key]
         else:
             assert torch.equal(before[key], after[key]), key
+
+
+class OpensAFile:
+    """Unpickled with full pickle, this object creates the file `path`: a stand-in for any code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def write_hostile_file(path, content, writer):
+    """`content` (holding an OpensAFile) written to `path` by torch.save or as a raw pickle: a
+    file that runs code where it is loaded with full pickle."""
+    if writer == 'torch.save':
+        import torch
+        torch.save(content, path)
+    else:
+        with open(path, 'wb') as f:
+            pickle.dump(content, f, protocol=2)

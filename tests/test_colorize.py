@@ -1,5 +1,4 @@
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import colorize
 from core import pictures
 from storage.checkpoints import load_generator
 from core.cli import Compute, run_cli
-from conftest import ROOT, run_in_process
+from conftest import ROOT, OpensAFile, run_in_process, write_hostile_file
 from models import Generator
 
 FLAGS = ['--device', 'cpu', '--precision', 'fp32']
@@ -263,24 +262,11 @@ def test_the_network_runs_at_the_models_size_or_the_photos_rounded_and_capped(mo
     assert colorize.network_size(reference, 970, 3010, 'photo', 1024) == (32, 32)  # the 32x32 networks take 32 only
 
 
-class _OpensAFile:
-    """Unpickled with full pickle, this object creates the file `path`: a stand-in for any code."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 @pytest.mark.parametrize('writer', ['torch.save', 'pickle'])
 def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_and_runs_none(writer, tmp_path):
     marker, evil = tmp_path / 'code_ran', tmp_path / 'evil.pt'
-    hostile = {'generator': _OpensAFile(str(marker)), 'args': {'gen_norm': 'batch'}}
-    if writer == 'torch.save':
-        torch.save(hostile, evil)
-    else:
-        evil.write_bytes(pickle.dumps(hostile, protocol=2))
+    hostile = {'generator': OpensAFile(str(marker)), 'args': {'gen_norm': 'batch'}}
+    write_hostile_file(evil, hostile, writer)
     picture = tmp_path / 'photo.png'
     cv2.imwrite(str(picture), scene(48, 40, seed=7))
     r = run_in_process(colorize.main, [str(picture), '--checkpoint', str(evil), '--output', str(tmp_path / 'out'),

@@ -1,5 +1,4 @@
 import os
-import pickle
 
 import cv2
 import numpy as np
@@ -10,7 +9,7 @@ from safetensors import safe_open
 from storage import checkpoints
 import colorize
 import export
-from conftest import command_line, run_in_process
+from conftest import OpensAFile, command_line, run_in_process, write_hostile_file
 from models import Generator
 
 test_cli = command_line('test')
@@ -167,24 +166,11 @@ def test_an_unscored_card_says_so_and_metrics_need_a_folder(tmp_path):
     assert r.returncode == 2 and 'exists' in r.stderr
 
 
-class _OpensAFile:
-    """Unpickled with full pickle, this object creates the file `path`: a stand-in for any code."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 @pytest.mark.parametrize('writer', ['torch.save', 'pickle'])
 def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_and_runs_none(writer, tmp_path):
     marker, evil = tmp_path / 'code_ran', tmp_path / 'evil.pt'
-    hostile = {'generator': _OpensAFile(str(marker)), 'args': {'gen_norm': 'batch'}}
-    if writer == 'torch.save':
-        torch.save(hostile, evil)
-    else:
-        evil.write_bytes(pickle.dumps(hostile, protocol=2))
+    hostile = {'generator': OpensAFile(str(marker)), 'args': {'gen_norm': 'batch'}}
+    write_hostile_file(evil, hostile, writer)
     for flags in ([], ['--folder', str(tmp_path / 'model')]):
         r = run_in_process(export.main, [str(evil), *flags])
         assert not marker.exists(), 'the checkpoint ran code'

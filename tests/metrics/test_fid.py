@@ -5,7 +5,6 @@ The distances are taken on its first pool features (64 values): the 2048-value o
 defined on go through the same code, but their distance takes minutes of a 2-core CPU."""
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 from metrics import fid
 from core.cli import UserError
-from conftest import command_line, make_tiny_cifar, run_in_process
+from conftest import OpensAFile, command_line, make_tiny_cifar, run_in_process, write_hostile_file
 
 
 @pytest.fixture(autouse=True)
@@ -97,26 +96,13 @@ def test_a_weights_file_that_is_not_plain_weights_is_refused(tmp_path):
         fid.weights_file(str(tmp_path / 'absent.pth'))
 
 
-class _OpensAFile:
-    """Unpickled with full pickle, this object creates the file `path`: a stand-in for any code."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 @pytest.mark.parametrize('writer', ['torch.save', 'pickle'])
 def test_test_py_refuses_fid_weights_that_would_run_code_in_one_line_and_runs_none(writer, tmp_path):
     """torchmetrics loads the weights with full pickle: test.py must refuse such a file first."""
     from models import Generator
     marker, evil = tmp_path / 'code_ran', tmp_path / 'evil-inception.pth'
-    hostile = {'Conv2d_1a_3x3.conv.weight': torch.zeros(32, 3, 3, 3), 'fc.bias': _OpensAFile(str(marker))}
-    if writer == 'torch.save':
-        torch.save(hostile, evil)
-    else:
-        evil.write_bytes(pickle.dumps(hostile, protocol=2))
+    hostile = {'Conv2d_1a_3x3.conv.weight': torch.zeros(32, 3, 3, 3), 'fc.bias': OpensAFile(str(marker))}
+    write_hostile_file(evil, hostile, writer)
     data = str(tmp_path / 'data')
     make_tiny_cifar(data, per_batch=2, test_images=4)
     torch.manual_seed(0)
