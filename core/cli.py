@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import re
 import sys
 
 
@@ -47,8 +48,9 @@ def run_cli(main, argv=None):
 
 
 def first_line(error):
-    """The first line of an exception's message, or its type's name where it has none."""
-    text = str(error).strip()
+    """The first line of an exception's message (without terminal colour codes, which torch's
+    unpickling errors carry), or its type's name where it has none."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(error)).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 

@@ -36,6 +36,7 @@ def weights_file(path=None):
         if not os.path.isfile(path):
             raise UserError(f"--fid_weights {path} does not exist: give the path of {WEIGHTS_NAME} "
                             f"(from {WEIGHTS_URL})")
+        check_plain_weights(path)  # before any work, not after the test set is colorized
         return path
     cached = cached_weights_path()
     if os.path.isfile(cached):
@@ -50,15 +51,19 @@ def weights_file(path=None):
     return cached
 
 
-def inception_metric(weights_path, device):
-    """torchmetrics' FID on `device`, keeping the true images' features across `reset()`s."""
-    # The library loads the file with full pickle; a file that loads under weights_only=True holds
-    # nothing but tensors and plain containers, so the library's load can then run no code.
+def check_plain_weights(weights_path):
+    """The library loads the file with full pickle; a file that loads under weights_only=True holds
+    nothing but tensors and plain containers, so the library's load can then run no code."""
     try:
         torch.load(weights_path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise UserError(f"--fid_weights {weights_path} is not a plain weights file ({first_line(e)}): "
                         f"use {WEIGHTS_NAME} from {WEIGHTS_URL}")
+
+
+def inception_metric(weights_path, device):
+    """torchmetrics' FID on `device`, keeping the true images' features across `reset()`s."""
+    check_plain_weights(weights_path)
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
         metric = FrechetInceptionDistance(feature=FEATURES, reset_real_features=False,
