@@ -130,49 +130,50 @@ def assert_same_checkpoint(a, b, path=''):
         assert a == b, f'{path}: {a!r} != {b!r}'
 
 
-def test_the_checkpoint_comparison_sees_a_lost_average_and_a_changed_random_state(tiny_cifar, tmp_path):
-    ck = str(tmp_path / 'ck')
-    assert run_train(train_command(tiny_cifar, ck, '--max_steps', '1', '--val_batches', '1')).returncode == 0
-    a = load(os.path.join(ck, 'checkpoint_ep0.pt'))
-    assert_same_checkpoint(a, load(os.path.join(ck, 'checkpoint_ep0.pt')))
-    for key in ('generator', 'rng'):
-        b = load(os.path.join(ck, 'checkpoint_ep0.pt'))
-        t = b[key]['down1.model.0.weight'] if key == 'generator' else b[key]
-        t.view(-1)[0] += 1
+def test_the_checkpoint_comparison_sees_a_lost_average_a_changed_random_state_and_a_lost_scaler():
+    def checkpoint():
+        torch.manual_seed(0)
+        return {'generator': Generator('batch').state_dict(), 'rng': torch.get_rng_state(),
+                'scaler': {'scale': 65536.0}, 'opt_gen': {'state': {0: {'exp_avg': torch.ones(3)}}},
+                'args': {'save_path': 'a'}}
+    a = checkpoint()
+    assert_same_checkpoint(a, dict(checkpoint(), args={'save_path': 'b'}))  # the options may differ
+    for key in ('generator', 'rng', 'scaler'):
+        b = checkpoint()
+        if key == 'generator':
+            b[key]['down1.model.0.weight'].view(-1)[0] += 1
+        elif key == 'rng':
+            b[key][-1] += 1
+        else:
+            b[key] = {}
         with pytest.raises(AssertionError, match=key):
             assert_same_checkpoint(a, b)
 
 
-def test_stopping_and_resuming_gives_the_same_weights_bit_for_bit(tiny_cifar, tmp_path):
-    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-    # The default --autotune on: the first run measures the layer forms and stores them, the
-    # others take them from the cache; the resumed one from its checkpoint.
+def test_the_same_command_twice_and_a_stopped_and_resumed_run_are_the_same_run_bit_for_bit(tiny_cifar, tmp_path):
+    """Default flags (--autotune on), fp32, a fixed seed: the first run measures the layer forms
+    and stores them; a second run of the same command takes them from the cache without
+    measuring and trains the same run; so does a run stopped mid-epoch and resumed (its forms
+    from its checkpoint)."""
+    straight, again, split = str(tmp_path / 'straight'), str(tmp_path / 'again'), str(tmp_path / 'split')
     flags = ['--autotune', 'on', '--batch_size', '16', '--val_batches', '1']  # 5 batches an epoch
-    assert run_train(train_command(tiny_cifar, straight, '--max_epoch', '1', *flags)).returncode == 0
+    first = run_train(train_command(tiny_cifar, straight, '--max_epoch', '1', *flags))
+    assert first.returncode == 0, first.stderr
+    assert 'layer forms (measured in' in first.stdout and 'stored in' in first.stdout
+    second = run_train(train_command(tiny_cifar, again, '--max_epoch', '1', *flags))
+    assert second.returncode == 0, second.stderr
+    forms_line = next(line for line in second.stdout.splitlines() if line.startswith('layer forms'))
+    assert forms_line.startswith('layer forms (from the layer-form cache') and 'measured' not in forms_line
     # stop inside epoch 0 (3 of its 5 batches), then resume the same epoch and finish
     assert run_train(train_command(tiny_cifar, split, '--max_epoch', '1', '--max_steps', '3', *flags)).returncode == 0
     assert load(os.path.join(split, 'checkpoint_ep0.pt'))['batches_done'] == 3
     r = run_train(train_command(tiny_cifar, split, '--max_epoch', '1', '--resume', 'latest', *flags))
     assert r.returncode == 0, r.stderr
     assert 'epoch 0, batch 3, step 3' in r.stdout
-    a, b = load(os.path.join(straight, 'checkpoint_ep0.pt')), load(os.path.join(split, 'checkpoint_ep0.pt'))
-    assert a['step'] == b['step'] == 5 and a['layer_forms'] is not None
-    assert_same_checkpoint(a, b)
-
-
-def test_two_runs_of_the_same_command_are_the_same_run(tiny_cifar, tmp_path):
-    """Default flags, fp32, a fixed seed: the second run takes the first one's stored layer forms
-    without measuring, and trains the same run bit for bit."""
-    outputs = []
-    for name in ('first', 'second'):
-        ck = str(tmp_path / name)
-        r = run_train(train_command(tiny_cifar, ck, '--autotune', 'on', '--max_steps', '3', '--val_batches', '1'))
-        assert r.returncode == 0, r.stderr
-        outputs.append((r.stdout, load(os.path.join(ck, 'checkpoint_ep0.pt'))))
-    (first_out, first), (second_out, second) = outputs
-    assert 'layer forms (measured in' in first_out and 'stored in' in first_out
-    assert 'layer forms (from the layer-form cache' in second_out and 'measured' not in second_out.split('layer forms')[1].splitlines()[0]
-    assert_same_checkpoint(first, second)
+    a = load(os.path.join(straight, 'checkpoint_ep0.pt'))
+    assert a['step'] == 5 and a['layer_forms'] is not None
+    for other in (again, split):
+        assert_same_checkpoint(a, load(os.path.join(other, 'checkpoint_ep0.pt')))
 
 
 def test_a_resumed_run_keeps_its_layer_forms(tiny_cifar, tmp_path):

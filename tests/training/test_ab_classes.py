@@ -101,28 +101,27 @@ def test_a_generator_with_a_distribution_head_trains_and_goes_through_its_files_
     G, _, config = checkpoints.load_generator(os.path.join(ck, 'generator_ep0.safetensors'), torch.device('cpu'))
     assert config['ab_head'] == head and isinstance(G.final, models.ColourDistributionHead)
     assert (G.final.regression is not None) == (head == 'both')
-    # test.py scores the checkpoint and the generator file alike; a lower temperature, more colour
+    # test.py scores the checkpoint and the generator file alike; another temperature, other colours
     scores = {}
-    for name, path, extra in (('ckpt', os.path.join(ck, 'checkpoint_ep0.pt'), []),
-                              ('file', os.path.join(ck, 'generator_ep0.safetensors'), []),
-                              ('cold', os.path.join(ck, 'generator_ep0.safetensors'), ['--temperature', '0.05'])):
+    for name, extra in (('warm', []), ('cold', ['--temperature', '0.05'])):
         out = str(tmp_path / name)
-        r = run_in_process(test_cli.main, ['--data_path', tiny_cifar, '--checkpoints', path, '--labels', 'g',
+        r = run_in_process(test_cli.main, ['--data_path', tiny_cifar, '--checkpoints', os.path.join(ck, 'checkpoint_ep0.pt'),
+                                           os.path.join(ck, 'generator_ep0.safetensors'), '--labels', 'ckpt', 'file',
                                            '--save_path', out, '--num_grids', '0', '--precision', 'fp32',
                                            '--classifier', 'off', *extra])
         assert r.returncode == 0, r.stderr
-        scores[name] = json.load(open(os.path.join(out, 'metrics.json')))['checkpoints']['g']
-    assert scores['ckpt']['mean_ab_error'] == pytest.approx(scores['file']['mean_ab_error'], abs=1e-7)
-    assert scores['cold']['colorfulness'] != scores['file']['colorfulness']
-    # export.py writes it alone and a model folder; colorize.py rebuilds it from either
+        scores[name] = json.load(open(os.path.join(out, 'metrics.json')))['checkpoints']
+    assert scores['warm']['ckpt']['mean_ab_error'] == pytest.approx(scores['warm']['file']['mean_ab_error'], abs=1e-7)
+    assert scores['cold']['file']['colorfulness'] != scores['warm']['file']['colorfulness']
+    # export.py writes it alone and as a model folder; colorize.py rebuilds it from the folder
     single, folder = str(tmp_path / 'g.safetensors'), str(tmp_path / 'model')
     assert run_in_process(export_cli.main, [os.path.join(ck, 'checkpoint_ep0.pt'), '--out', single]).returncode == 0
-    assert run_in_process(export_cli.main, [os.path.join(ck, 'checkpoint_ep0.pt'), '--folder', folder]).returncode == 0
+    assert checkpoints.load_generator(single, torch.device('cpu'))[2]['ab_head'] == head
+    assert run_in_process(export_cli.main, [single, '--folder', folder]).returncode == 0
     assert json.load(open(os.path.join(folder, 'config.json')))['architecture']['ab_head'] == head
     picture = str(tmp_path / 'p.png')
     cv2.imwrite(picture, np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
-    for source in (single, folder):
-        out = str(tmp_path / ('c_' + os.path.basename(source)))
-        r = run_in_process(colorize_cli.main, [picture, '--checkpoint', source, '--output', out, '--precision', 'fp32'])
-        assert r.returncode == 0, r.stderr
-        assert cv2.imread(os.path.join(out, 'p.png')).shape == (40, 48, 3)
+    out = str(tmp_path / 'colorized')
+    r = run_in_process(colorize_cli.main, [picture, '--checkpoint', folder, '--output', out, '--precision', 'fp32'])
+    assert r.returncode == 0, r.stderr
+    assert cv2.imread(os.path.join(out, 'p.png')).shape == (40, 48, 3)
