@@ -24,9 +24,10 @@ from core.cli import Compute, UserError, pick_device, run_cli
 from metrics import classifier, curves, scores
 from storage import checkpoints, provenance
 from training import distributed, remedies
-from training.gan import STAT_NAMES, ColorizationGAN, NonFiniteLoss, summarize
+from training.gan import STAT_NAMES, ColorizationGAN, summarize
 from training.ab_classes import AbClasses
 from training.layer_forms import choose_layer_forms
+from training.nan_watch import NonFiniteLoss
 from training.options import parse_training_args as parse_args
 from training.runlog import TensorBoardLog
 

@@ -19,7 +19,7 @@ import models
 from core.calibration import recalibrate_generator
 from core.cli import Compute
 from training import distributed, remedies
-from training.nan_watch import NanWatch, NonFiniteLoss  # noqa: F401 (NonFiniteLoss: what a step raises)
+from training.nan_watch import NanWatch
 from training.optimizers import adam
 
 STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
