@@ -48,7 +48,8 @@ from training.options import RECIPES as TRAINING_RECIPES, parse_training_args
 RECIPES = {'default': [], 'spectral': TRAINING_RECIPES['spectral'],
            # the colour-distribution heads (train.py --ab_head) on the spectral recipe: their step's cost
            'classify': TRAINING_RECIPES['spectral'] + ['--ab_head', 'classify'],
-           'both': TRAINING_RECIPES['spectral'] + ['--ab_head', 'both']}
+           'both': TRAINING_RECIPES['spectral'] + ['--ab_head', 'both'],
+           'class': TRAINING_RECIPES['spectral'] + ['--class_loss', '0.0033']}
 # The reference-style data path reads this many PNG files (enough that no timing runs out of them).
 BASELINE_IMAGES = 2048
 # Batch sizes and loader workers timed where none are given: 64- to 256-pixel networks are heavy.
@@ -75,7 +76,8 @@ def parse_args(argv=None):
                         "per-image PNG decoding in a DataLoader) in the same run, and print the ratio")
     p.add_argument('--recipes', nargs='+', choices=tuple(RECIPES), default=['default', 'spectral'],
                    help="default and spectral: the reference's two recipes; classify and both: the spectral recipe "
-                        "with train.py's --ab_head classify or both (default: default spectral)")
+                        "with train.py's --ab_head classify or both; class: the spectral recipe with the class "
+                        "context, --class_loss 0.0033 (default: default spectral)")
     p.add_argument('--batch_sizes', type=number_in(int, 1), nargs='+', default=None,
                    help=f"(default: {' '.join(map(str, CIFAR_BATCH_SIZES))} for cifar10, "
                         f"{' '.join(map(str, FOLDER_BATCH_SIZES))} for folder)")
@@ -196,7 +198,9 @@ def project_step(flags, batch_size, images, compute, channels_last, autotune, po
     `pool`: ready batches to cycle through instead of `images`' data path (a folder's, decoded
     in advance, so that the timing holds the step alone)."""
     args = recipe_args(flags, batch_size, autotune=autotune, channels_last='on' if channels_last else 'off')
-    gan = ColorizationGAN(args, compute, ab_classes=head_classes(args, images, compute.device))
+    gan = ColorizationGAN(args, compute, ab_classes=head_classes(args, images, compute.device),
+                          n_classes=CLASSES if args.class_loss else 0)
+    classes = step_classes(args, batch_size, compute.device)
     _, forms_line = choose_layer_forms(gan)
     if pool is None:
         batches = endless_batches(images, batch_size, compute.device, gan.memory_format)
@@ -205,7 +209,7 @@ def project_step(flags, batch_size, images, compute, channels_last, autotune, po
     step = itertools.count(1)
 
     def run_once():
-        gan.step(next(batches), next(step))
+        gan.step(next(batches), next(step), classes=classes)
 
     def infer():
         with torch.no_grad(), compute.autocast:
@@ -284,6 +288,14 @@ def reference_step(flags, batch_size, png_folder, num_workers, device=torch.devi
     return run_once
 
 
+CLASSES = 10  # the class context's classes, as CIFAR-10's
+
+
+def step_classes(args, batch_size, device):
+    """--class_loss: a batch's class labels (fixed: the step's cost does not depend on them); else None."""
+    return torch.arange(batch_size, device=device) % CLASSES if args.class_loss else None
+
+
 def head_classes(args, images, device):
     """A colour-distribution head's ab bins, from the images timed (None for the reference's head)."""
     return AbClasses.from_training_set(images, args.rebalance, device) if args.ab_head != 'regress' else None
@@ -292,10 +304,11 @@ def head_classes(args, images, device):
 def flops_per_training_image(flags, device, images=None):
     """Forward and backward of both networks for one step, counted in fp32 at batch 8."""
     args = recipe_args(flags, 8, channels_last='off', ema_decay=0.0)
-    gan = ColorizationGAN(args, Compute(device, 'fp32'), ab_classes=head_classes(args, images, device))
+    gan = ColorizationGAN(args, Compute(device, 'fp32'), ab_classes=head_classes(args, images, device),
+                          n_classes=CLASSES if args.class_loss else 0)
     lab = torch.rand(8, 3, args.image_size, args.image_size, device=device) * 2 - 1
     with FlopCounterMode(display=False) as counter:
-        gan.step(lab, 1)
+        gan.step(lab, 1, classes=step_classes(args, 8, device))
     return counter.get_total_flops() / 8
 
 

@@ -175,7 +175,7 @@ def load_split(data_path, train, download=True):
 
 def open_splits(args, procs, pin_memory=False):
     """(training set, test set) of a run's flags (--dataset, --data_path, --image_size,
-    --num_workers); the test set on the first process only, which alone validates. The first
+    --num_workers, --holdout: the training set without its last N images); the test set on the first process only, which alone validates. The first
     process on each machine downloads CIFAR-10 if needed while the others wait."""
     if args.dataset == 'folder':
         def split(train):
@@ -188,11 +188,26 @@ def open_splits(args, procs, pin_memory=False):
         test_set = load_split(args.data_path, train=False) if procs.is_main else None
         if procs.local_rank == 0:
             procs.barrier()
+    if getattr(args, 'holdout', 0):
+        train_set, _ = split_holdout(train_set, args.holdout)
+        print(f"--holdout {args.holdout}: training on the first {len(train_set)} training images, "
+              f"the last {args.holdout} kept out for test.py --split holdout")
     last_batch = len(train_set) % args.batch_size
     if 0 < last_batch < procs.world_size:
         raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
                         f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
     return train_set, test_set
+
+
+def split_holdout(train_set, holdout):
+    """(the training images a run trains on, the last `holdout` ones it keeps out): the held-out
+    images are where a decoding is chosen (test.py --split holdout), never seen in training."""
+    n = len(train_set)
+    if holdout <= 0:
+        return train_set, None
+    if holdout >= n:
+        raise UserError(f"--holdout {holdout} keeps out all {n} training images: pick a number below {n}")
+    return train_set.subset(np.arange(n - holdout)), train_set.subset(np.arange(n - holdout, n))
 
 
 def open_split(dataset, data_path, train, image_size=32, num_workers=0, pin_memory=False):

@@ -143,6 +143,31 @@ class ColourDistributionHead(nn.Module):
         return (ab, logits, regressed) if with_logits else ab
 
 
+class ClassContext(nn.Module):
+    """Iizuka et al.'s global features at the generator's bottleneck (`--class_loss`): the
+    innermost map, averaged over its positions, through a linear layer gives a global feature
+    vector, from which a second linear layer predicts the image's class (the auxiliary class
+    loss) and which a 1x1 convolution fuses into every position of the map the decoder takes."""
+
+    def __init__(self, channels, n_classes):
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(channels, channels), nn.ReLU())
+        self.classes = nn.Linear(channels, n_classes)
+        self.fuse = Block(nn.Conv2d(2 * channels, channels, 1, 1, 0), nn.ReLU())
+
+    def forward(self, x):
+        """(the map with the global features fused in, the class logits (N, n_classes))."""
+        g = self.features(x.mean(dim=(2, 3)))
+        fused = self.fuse(torch.cat([x, g[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1))
+        return fused, self.classes(g)
+
+
+def _with_context(context, x):
+    """(x with the global features fused in, class logits) where the generator has a class
+    context, else (x, None)."""
+    return (x, None) if context is None else context(x)
+
+
 def set_decoding(G, temperature=None, blend=None, centres=None):
     """Set how a colour-distribution head decodes (each where given); a generator with the
     reference's head is left as it is. Returns whether G has a distribution head."""
@@ -164,11 +189,15 @@ def _final_layer(c_in, ab_head, ab_bins):
     return ColourDistributionHead(c_in, ab_bins, regress=ab_head == 'both')
 
 
-def _head_output(final, x, with_logits):
+def _head_output(final, x, with_logits, class_logits=None):
+    """The decoded ab; with `with_logits`, (ab, the bins' logits, the regression's ab, the class
+    logits), each None where the generator lacks that part."""
     if isinstance(final, ColourDistributionHead):
-        return final(x, with_logits)
+        if not with_logits:
+            return final(x)
+        return (*final(x, True), class_logits)
     ab = final(x)
-    return (ab, None, None) if with_logits else ab
+    return (ab, None, None, class_logits) if with_logits else ab
 
 
 class Generator(nn.Module):
@@ -178,7 +207,7 @@ class Generator(nn.Module):
 
     fixed_size = 32  # takes exactly 32x32 (it resizes to 35x35 first)
 
-    def __init__(self, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0):
+    def __init__(self, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0, n_classes=0):
         super().__init__()
         if norm not in GENERATOR_NORMS:
             raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
@@ -197,18 +226,20 @@ class Generator(nn.Module):
         self.up3 = _up(512, 128, norm)
         self.up4 = _up(256, 64, norm)
         self.final = _final_layer(128, ab_head, ab_bins)
+        # Built last, so the reference's layers draw the same random initial weights.
+        self.context = ClassContext(512, n_classes) if n_classes else None
 
     def forward(self, L, with_logits=False):
         d1 = self.down1(_resize_input(L))
         d2 = self.down2(d1)
         d3 = self.down3(d2)
         d4 = self.down4(d3)
-        d5 = self.down5(d4)
+        d5, class_logits = _with_context(self.context, self.down5(d4))
         u1 = torch.cat([self.up1(d5), d4], dim=1)
         u2 = torch.cat([self.up2(u1), d3], dim=1)
         u3 = torch.cat([self.up3(u2), d2], dim=1)
         u4 = torch.cat([self.up4(u3), d1], dim=1)
-        return _head_output(self.final, u4, with_logits)
+        return _head_output(self.final, u4, with_logits, class_logits)
 
 
 class Discriminator(nn.Module):
@@ -258,7 +289,7 @@ class NazeriGenerator(nn.Module):
 
     fixed_size = None
 
-    def __init__(self, image_size, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0):
+    def __init__(self, image_size, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0, n_classes=0):
         super().__init__()
         if norm not in GENERATOR_NORMS:
             raise ValueError(f"generator norm must be one of {GENERATOR_NORMS}, got {norm!r}")
@@ -278,6 +309,7 @@ class NazeriGenerator(nn.Module):
             setattr(self, name, _up(c_in, c_out, norm, dropout=dropout if i < 2 else None))
             c_in = 2 * c_out
         self.final = _final_layer(c_in, ab_head, ab_bins)
+        self.context = ClassContext(channels[-1], n_classes) if n_classes else None
 
     def forward(self, L, with_logits=False):
         h, w = L.shape[-2:]
@@ -290,9 +322,10 @@ class NazeriGenerator(nn.Module):
             x = getattr(self, name)(x)
             skips.append(x)
         skips.pop()  # the innermost output feeds d1 and is not concatenated
+        x, class_logits = _with_context(self.context, x)
         for name in self.decoder_names:
             x = torch.cat([getattr(self, name)(x), skips.pop()], dim=1)
-        return _head_output(self.final, x, with_logits)
+        return _head_output(self.final, x, with_logits, class_logits)
 
 
 class PatchDiscriminator(nn.Module):
@@ -334,10 +367,11 @@ def network_family(image_size):
     raise ValueError(f"image size must be one of {IMAGE_SIZES}, got {image_size!r}")
 
 
-def build_generator(image_size=IMAGE_SIZE, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0):
+def build_generator(image_size=IMAGE_SIZE, norm='batch', dropout=0.5, ab_head='regress', ab_bins=0, n_classes=0):
+    """The generator for `image_size`; `n_classes` > 0 adds the class context (ClassContext)."""
     if network_family(image_size) == 'reference':
-        return Generator(norm, dropout, ab_head, ab_bins)
-    return NazeriGenerator(image_size, norm, dropout, ab_head, ab_bins)
+        return Generator(norm, dropout, ab_head, ab_bins, n_classes)
+    return NazeriGenerator(image_size, norm, dropout, ab_head, ab_bins, n_classes)
 
 
 def build_discriminator(image_size=IMAGE_SIZE, norm='batch'):

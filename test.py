@@ -46,6 +46,11 @@ def parse_args(argv=None):
     p.add_argument('--dataset', choices=dataset.DATASETS, default='cifar10',
                    help="cifar10: its test set; folder: the val/ images of --data_path (default: cifar10)")
     p.add_argument('--data_path', default='./data', help='where the data set is (default: ./data)')
+    p.add_argument('--split', choices=('test', 'holdout'), default='test',
+                   help="the images scored: test, the test set (a folder's val/); holdout, the last N training "
+                        "images that every generator's run kept out of training with train.py --holdout N, where "
+                        "a decoding (--temperature, --blend, --chroma_gain) is chosen without looking at the test "
+                        "set (default: test)")
     p.add_argument('--num_workers', type=number_in(int, 0), default=2,
                    help='processes decoding a folder data set (default: 2)')
     p.add_argument('--save_path', default='output_imgs/',
@@ -260,14 +265,30 @@ def load_generators(args, compute):
         raise UserError(f"the checkpoints are of different image sizes ({', '.join(map(str, sorted(sizes)))}): "
                         f"score them in separate runs")
 
-    def training_images(run_args):
-        return dataset.open_split(args.dataset, args.data_path, True, run_args['image_size'], args.num_workers)
-    generators = [checkpoints.generator_for_use(p, compute, training_images, ckpt)[0]
-                  for p, ckpt in zip(args.checkpoints, ckpts)]
+    def training_images(run_args):  # those the run trained on, for a mid-epoch checkpoint's statistics
+        return dataset.split_holdout(dataset.open_split(args.dataset, args.data_path, True, run_args['image_size'],
+                                                        args.num_workers), run_args.get('holdout', 0))[0]
+    loaded = [checkpoints.generator_for_use(p, compute, training_images, ckpt) for p, ckpt in zip(args.checkpoints, ckpts)]
+    generators = [G for G, _ in loaded]
     for G in generators:
         checkpoints.set_dropout(G, args.keep_dropout)
         models.set_decoding(G, args.temperature, args.blend)
-    return generators, labels, sizes.pop()
+    return generators, labels, sizes.pop(), [run_args.get('holdout', 0) for _, run_args in loaded]
+
+
+def images_to_score(args, image_size, holdouts, pin_memory):
+    """(the split --split names, its name for tables and pages): the test set, or the training
+    images every generator's run kept out (train.py --holdout); refused where a run saw them."""
+    if args.split == 'test':
+        return (dataset.open_split(args.dataset, args.data_path, False, image_size, args.num_workers, pin_memory),
+                'CIFAR-10 test images' if args.dataset == 'cifar10' else f'val/ images of {args.data_path}')
+    if len(set(holdouts)) != 1 or not holdouts[0]:
+        kept = ', '.join(f"{label}: {n}" for label, n in zip(args.labels or args.checkpoints, holdouts))
+        raise UserError(f"--split holdout scores the training images every run kept out, and these runs kept out "
+                        f"different numbers or none ({kept}): train each with the same train.py --holdout N")
+    training = dataset.open_split(args.dataset, args.data_path, True, image_size, args.num_workers, pin_memory)
+    return dataset.split_holdout(training, holdouts[0])[1], f'the last {holdouts[0]} training images (held out)'
+
 
 
 class Scoring:
@@ -379,14 +400,13 @@ def main(argv=None):
     args = parse_args(argv)
     compute = Compute.from_flags(args)
     fid_weights = fid.weights_file(args.fid_weights) if args.fid else None  # offline and missing: fail before the work
-    generators, labels, image_size = load_generators(args, compute)
+    generators, labels, image_size, holdouts = load_generators(args, compute)
     dialled = len(args.chroma_gain) > 1  # every generator at every gain, each a row of its own
     generator_labels, gains = labels, args.chroma_gain
     if dialled:
         labels = [frontier.dial_label(label, gain) for label in labels for gain in gains]
     utils.check_writable_folder(args.save_path, '--save_path')
-    test_set = dataset.open_split(args.dataset, args.data_path, False, image_size, args.num_workers,
-                                  pin_memory=compute.device.type == 'cuda')
+    test_set, images_name = images_to_score(args, image_size, holdouts, pin_memory=compute.device.type == 'cuda')
     judge, judge_note = classifier.judge_for(args.classifier, test_set.class_names, image_size, compute.device,
                                              truth=TRUTH)
     scoring = Scoring(labels, test_set.class_names, args.num_grids * GRID_ROWS, keep_every_image=bool(args.pick),
@@ -414,13 +434,13 @@ def main(argv=None):
             print(format_class_table(per_class, [BASELINE] + labels + [TRUTH],
                                      (('colorfulness_gap', '{:.1f}'), ('semantic_accuracy', '{:.0%}'),
                                       ('classifier_fd', '{:.1f}'))))
-    images_name = 'CIFAR-10 test images' if args.dataset == 'cifar10' else f'val/ images of {args.data_path}'
     truth_colorfulness = results[TRUTH]['colorfulness']
     paths = [path for path in args.checkpoints for _ in gains] if dialled else args.checkpoints
     metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, paths)},
                'baseline': results[BASELINE], 'truth': results[TRUTH], 'truth_colorfulness': truth_colorfulness,
                'per_class': per_class, 'images': results[BASELINE]['images'], 'precision': compute.precision,
-               'keep_dropout': args.keep_dropout, 'dataset': args.dataset, 'image_size': image_size,
+               'keep_dropout': args.keep_dropout, 'dataset': args.dataset, 'split': args.split,
+               'image_size': image_size,
                'provenance': provenance.provenance()}
     if judge is not None:
         metrics['classifier'] = {'path': args.classifier, **{k: v for k, v in judge.model_metadata.items()

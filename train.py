@@ -114,10 +114,12 @@ def set_up(args, compute, procs):
     resume_path = procs.broadcast(find_resume_path(args) if procs.is_main else None)
     spent = collections.Counter()  # seconds per kind of work, for the closing line
     data = None
-    if args.ab_head != 'regress':  # the head's bins are the training images' colours: the data before the GAN
+    if args.ab_head != 'regress' or args.class_loss:
+        # the head's bins are the training images' colours, the class context's size their classes: the data first
         with timed(spent, 'data'):
             data = open_data(args, procs, compute)
-    gan = ColorizationGAN(args, compute, procs, ab_classes=data[2] if data else None)
+    gan = ColorizationGAN(args, compute, procs, ab_classes=data[2] if data else None,
+                          n_classes=count_classes(data[0], args) if args.class_loss else 0)
     if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
         torch.manual_seed(distributed.process_seed(args.seed, procs.rank, 0))
     first_epoch, first_batch, step, saved_forms = args.start_epoch, 0, 0, None
@@ -140,7 +142,7 @@ def set_up(args, compute, procs):
         layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
-        train_set, test_set, _ = data or open_data(args, procs, compute, gan)
+        train_set, test_set, _, gan.pixel_weights = data or open_data(args, procs, compute)
     if procs.is_main:
         utils.write_json(os.path.join(args.save_path, 'args.json'),
                          dict(run_info, layer_forms=layer_forms, provenance=made_by))
@@ -161,24 +163,47 @@ def set_up(args, compute, procs):
                                           compute.device)[0] if procs.is_main else None)
 
 
-def open_data(args, procs, compute, gan=None):
+def open_data(args, procs, compute):
     """(training set with the remedies applied, test set, the training images' ab bins where
-    --ab_head is classify or both, else None)."""
+    --ab_head is classify or both, else None, the L1's pixel weights under --rebalance with the
+    regression head, else None)."""
     train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
-    train_set = apply_remedies(args, procs, gan, train_set)
+    train_set, pixel_weights = apply_remedies(args, procs, compute, train_set)
     ab_classes = None
     if args.ab_head != 'regress':
         ab_classes = AbClasses.from_training_set(train_set, args.rebalance, compute.device, args.seed, args.color_enhance)
         print(f"--ab_head {args.ab_head}: {len(ab_classes)} ab bins of 10 in the training images"
               + (f", the cross-entropy rebalanced with lambda {args.rebalance:g}" if args.rebalance is not None else ''))
-    return train_set, test_set, ab_classes
+    return train_set, test_set, ab_classes, pixel_weights
 
 
-def apply_remedies(args, procs, gan, train_set):
+def count_classes(train_set, args):
+    """--class_loss: the number of classes the training images are labelled with; refused where
+    they have none."""
+    if not train_set.class_names or not (train_set.labels >= 0).any():
+        raise UserError(f"--class_loss needs the training images' classes, and {args.data_path} has none: put a "
+                        f"folder data set's images in one subfolder per class (train/<class>/...), or leave "
+                        f"--class_loss at 0")
+    print(f"--class_loss {args.class_loss:g}: a class context over the {len(train_set.class_names)} classes "
+          f"of the training images")
+    return len(train_set.class_names)
+
+
+def batch_classes(run, images, idx):
+    """--class_loss: the class indices of the images `idx` of `images` on the run's device (-1 where
+    an image has none, or where the test set's classes are not the training set's); else None."""
+    if not run.gan.class_weight:
+        return None
+    if images is not run.train_set and tuple(images.class_names) != tuple(run.train_set.class_names):
+        return torch.full((len(idx),), -1, device=run.compute.device)
+    return torch.as_tensor(images.labels[idx.numpy()]).to(run.compute.device, non_blocking=True)
+
+
+def apply_remedies(args, procs, compute, train_set):
     """--min_colorfulness (the training images kept, the dropped ones counted in one line and
     listed in a file) and --rebalance (the L1's pixel weights, from the kept images; a
-    distribution head's rebalancing is its own, training/ab_classes.py); the training set as it
-    is where both are off."""
+    distribution head's rebalancing is its own, training/ab_classes.py): (the training set,
+    the pixel weights or None)."""
     if args.min_colorfulness is not None:
         train_set, dropped, total = remedies.drop_dull_images(train_set, args.min_colorfulness)
         list_path = os.path.join(args.save_path, 'dropped_colorfulness.txt')
@@ -186,10 +211,11 @@ def apply_remedies(args, procs, gan, train_set):
             utils.atomic_write(list_path, lambda f: f.write(''.join(dropped)), mode='w')
         print(f"--min_colorfulness {args.min_colorfulness:g}: dropped {len(dropped)} of {total} training images; "
               f"all {len(dropped)} listed in {list_path}")
+    pixel_weights = None
     if args.rebalance is not None and args.ab_head == 'regress':
-        gan.pixel_weights = remedies.RebalanceWeights.from_training_set(
-            train_set, args.rebalance, gan.compute.device, args.seed, args.color_enhance)
-    return train_set
+        pixel_weights = remedies.RebalanceWeights.from_training_set(
+            train_set, args.rebalance, compute.device, args.seed, args.color_enhance)
+    return train_set, pixel_weights
 
 
 def find_resume_path(args):
@@ -234,14 +260,14 @@ def train_epoch(run, epoch, start_batch, stop):
     bar = tqdm(batches, total=n_batches, initial=start_batch, desc=f'epoch {epoch}', dynamic_ncols=True,
                disable=not procs.is_main)
     batches_done = start_batch
-    for _, lab in bar:
+    for idx, lab in bar:
         lab = lab.contiguous(memory_format=gan.memory_format)
         if args.color_enhance != 1:
             lab = remedies.enhance_colors(lab, args.color_enhance)
         global_images = min(args.batch_size, len(run.train_set) - batches_done * args.batch_size)
         run.step += 1
         try:
-            step_sums = gan.step(lab, run.step, global_images)
+            step_sums = gan.step(lab, run.step, global_images, batch_classes(run, run.train_set, idx))
             sums += step_sums
             since_logged += step_sums
         except NonFiniteLoss as e:
@@ -420,7 +446,7 @@ def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path):
     with timed(run.spent, 'checkpoints'):
         weights = checkpoints.save_generator_weights(
             checkpoints.generator_weights_path(args.save_path, epoch), G_eval.state_dict(),
-            checkpoints.generator_config(vars(args)), epoch, run.step, args.seed)
+            checkpoints.generator_config(vars(args)), epoch, run.step, args.seed, holdout=args.holdout)
     save(run, path, epoch, done, G_eval, rng_states)
     print(f"saved {path}, {weights} and {grid_path}")
 
@@ -445,7 +471,7 @@ def validate(run, G_eval):
     for i, (idx, lab, truth) in enumerate(tqdm(batches, total=total, desc='validate', leave=False, dynamic_ncols=True)):
         if i >= total:
             break
-        batch_sums, fake_ab = run.gan.evaluate(G_eval, lab)
+        batch_sums, fake_ab = run.gan.evaluate(G_eval, lab, batch_classes(run, test_set, idx))
         sums += batch_sums
         L = lab[:, :1]
         fake_rgb = pictures.network_to_rgb(L, fake_ab)

@@ -190,23 +190,29 @@ def generator_config(run_args):
 
 
 def build_generator(config, state=None):
-    """The generator `config` describes; a colour-distribution head takes its number of bins from
-    the state dict it is built for."""
+    """The generator `config` describes; a colour-distribution head takes its number of bins, and
+    a class context (train.py --class_loss) its number of classes, from the state dict it is
+    built for."""
     logits = (state or {}).get('final.logits.weight')
+    classes = (state or {}).get('context.classes.weight')
     return models.build_generator(config['image_size'], config['gen_norm'], config['gen_dropout'],
-                                  config.get('ab_head', 'regress'), 0 if logits is None else logits.shape[0])
+                                  config.get('ab_head', 'regress'), 0 if logits is None else logits.shape[0],
+                                  0 if classes is None else classes.shape[0])
 
 
-def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True):
+def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True, holdout=0):
     """Write the generator state dict `state` to `path` (.safetensors): tensors and a
     string-to-string header saying how to build the network around them (`config`, see
-    generator_config) and where in its run it comes from."""
+    generator_config), where in its run it comes from, and how many training images the run
+    kept out (train.py --holdout, where it kept some)."""
     from safetensors.torch import save
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     metadata = {'format': 'pt', 'model': 'Nazeri et al. 2018 colorization generator (colorization-gan)',
                 **{key: str(value) for key, value in config.items()},
                 'epoch': str(epoch), 'step': str(step), 'seed': str(seed),
                 'exact_statistics': str(bool(exact_statistics)).lower()}
+    if holdout:
+        metadata['holdout'] = str(int(holdout))
     write_whole(path, save(tensors, metadata=metadata), 'generator file')
     return path
 
@@ -233,7 +239,8 @@ def load_generator_weights(path):
             'epoch': number('epoch', int), 'step': number('step', int),
             'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float, 0.0),
                      'seed': number('seed', int, 0), 'image_size': number('image_size', int, 32),
-                     **{key: metadata[key] for key in ('dataset', 'data_path', 'ab_head') if key in metadata}}}
+                     **{key: metadata[key] for key in ('dataset', 'data_path', 'ab_head') if key in metadata},
+                     **({'holdout': number('holdout', int, 0)} if 'holdout' in metadata else {})}}
 
 
 def generator_state(ckpt, path):

@@ -284,3 +284,17 @@ def test_cifar_folder_writes_each_split_as_class_folders_of_pngs(tmp_path):
         assert len(paths) == n and len(os.listdir(resized / split)) == len(CLASS_NAMES)
         assert sorted(os.path.basename(p) for p in paths) == [f'{i:05d}.png' for i in range(n)]
         assert all(cv2.imread(p).shape == (64, 64, 3) for p in paths)
+
+
+def test_the_class_context_adds_its_three_layers_forward_and_backward_to_a_training_images_flops():
+    """bench.py's `class` recipe (the spectral one with --class_loss): per image, on the 2x2x512
+    bottleneck, a 512 -> 512 linear layer, a 512 -> 10 one, a 1x1 convolution 1024 -> 512 at 4
+    positions, each a multiply-add (2 FLOPs) per weight and position, forward, and twice that backward
+    (the gradients of the input and of the weights)."""
+    import torch
+
+    import bench
+    cpu = torch.device('cpu')
+    added = bench.flops_per_training_image(bench.RECIPES['class'], cpu) - \
+        bench.flops_per_training_image(bench.RECIPES['spectral'], cpu)
+    assert added == 3 * 2 * (512 * 512 + 512 * 10 + 4 * 1024 * 512)

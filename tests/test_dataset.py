@@ -138,3 +138,19 @@ def test_real_cifar10_matches_its_published_statistics():
     assert len(train) == 50_000 and len(test) == 10_000
     assert np.bincount(test.labels).tolist() == [1000] * 10
     assert np.allclose(train.rgb.reshape(-1, 3).mean(0), [125.31, 122.95, 113.87], atol=0.01)
+
+
+def test_the_holdout_is_the_last_n_training_images_and_cannot_take_them_all(tiny_cifar, tiny_folder):
+    train = dataset.load_split(tiny_cifar, train=True)
+    kept, held = dataset.split_holdout(train, 16)
+    assert len(kept) == 64 and len(held) == 16
+    # the last batch file's images, with their labels and Lab; the rest untouched and in order
+    assert np.array_equal(held.rgb, smooth_images(16, seed=5)) and np.array_equal(held.labels, train.labels[64:])
+    assert torch.equal(held.lab, train.lab[64:]) and torch.equal(kept.lab, train.lab[:64])
+    assert dataset.split_holdout(train, 0) == (train, None)
+    with pytest.raises(UserError, match='--holdout 80 keeps out all 80 training images'):
+        dataset.split_holdout(train, 80)
+    photos = dataset.open_split('folder', tiny_folder, True, 64)
+    kept, held = dataset.split_holdout(photos, 4)
+    assert len(kept) == 20 and len(held) == 4
+    assert [held.listing.path(i) for i in range(4)] == [photos.listing.path(i) for i in range(20, 24)]

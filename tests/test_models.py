@@ -406,3 +406,38 @@ def test_factory_picks_the_network_family():
     assert G.d2.model[3].p == 0.2
     assert type(D) is PatchDiscriminator and D.fixed_size is None
     assert isinstance(D.down2.model[1], nn.InstanceNorm2d)
+
+
+def test_the_class_context_fuses_its_global_features_into_every_position_and_predicts_classes():
+    from models import ClassContext
+    torch.manual_seed(0)
+    context = ClassContext(8, 10)
+    x = torch.randn(3, 8, 2, 2)
+    fused, logits = context(x)
+    # by hand: the mean over positions through a linear layer and ReLU; the classes from that vector; each
+    # position's fused features ReLU(W_x x + W_g g + b), the 1x1 convolution's weight split in two
+    g = torch.relu(x.mean(dim=(2, 3)) @ context.features[0].weight.T + context.features[0].bias)
+    assert torch.allclose(logits, g @ context.classes.weight.T + context.classes.bias, atol=1e-6)
+    w = context.fuse.model[0].weight[:, :, 0, 0]
+    by_hand = torch.relu(torch.einsum('oc,nchw->nohw', w[:, :8], x) + (g @ w[:, 8:].T)[:, :, None, None]
+                         + context.fuse.model[0].bias[None, :, None, None])
+    assert fused.shape == x.shape and torch.allclose(fused, by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize('image_size', [32, 64])
+def test_a_generator_with_a_class_context_keeps_the_reference_layers_and_their_random_weights(image_size):
+    from models import build_generator
+    torch.manual_seed(7)
+    plain = build_generator(image_size)
+    torch.manual_seed(7)
+    with_context = build_generator(image_size, n_classes=10)
+    plain_state, context_state = plain.state_dict(), with_context.state_dict()
+    assert all(torch.equal(plain_state[k], context_state[k]) for k in plain_state)
+    assert sorted(set(context_state) - set(plain_state)) == [
+        'context.classes.bias', 'context.classes.weight', 'context.features.0.bias', 'context.features.0.weight',
+        'context.fuse.model.0.bias', 'context.fuse.model.0.weight']
+    L = torch.randn(2, 1, image_size, image_size)
+    ab, logits, regressed, class_logits = with_context.eval()(L, with_logits=True)
+    assert ab.shape == (2, 2, image_size, image_size) and logits is None and regressed is None
+    assert class_logits.shape == (2, 10)
+    assert torch.equal(with_context(L), ab)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from core import pictures
-from storage import published
-from conftest import ROOT, command_line, run_in_process
+from storage import checkpoints, published
+from conftest import ROOT, command_line, run_in_process, run_train, smooth_images, train_command
 from dataset import CLASS_NAMES, load_split
 from models import Generator
 
@@ -345,3 +345,32 @@ def test_the_classifier_scores_are_skipped_with_a_note_where_they_do_not_apply(t
     assert "knows CIFAR-10's ten classes at 32 px only" in r.stdout
     metrics = json.load(open(os.path.join(out, 'metrics.json')))
     assert 'semantic_accuracy' not in metrics['baseline'] and 'colorfulness_gap' in metrics['baseline']
+
+
+def test_test_py_scores_the_images_a_holdout_kept_out_of_training_and_refuses_a_run_that_saw_them(tiny_cifar, tmp_path):
+    held_out = str(tmp_path / 'held_out')
+    r = run_train(train_command(tiny_cifar, held_out, '--holdout', '16', '--max_steps', '2', '--val_batches', '1',
+                                '--classifier', 'off'))
+    assert r.returncode == 0, r.stderr
+    assert 'training on the first 64 training images, the last 16 kept out' in r.stdout
+    assert 'data: 64 training images' in r.stdout
+    ckpt_path, file_path = os.path.join(held_out, 'checkpoint_ep0.pt'), os.path.join(held_out, 'generator_ep0.safetensors')
+    assert torch.load(ckpt_path, weights_only=True)['args']['holdout'] == 16
+    assert checkpoints.load_generator(file_path, torch.device('cpu'))[2]['holdout'] == 16
+    out = str(tmp_path / 'scores')
+    r = run('--data_path', tiny_cifar, '--checkpoints', ckpt_path, file_path, '--labels', 'ckpt', 'file',
+            '--split', 'holdout', '--save_path', out, '--num_grids', '0', '--precision', 'fp32', '--classifier', 'off')
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(os.path.join(out, 'metrics.json')))
+    # exactly the last batch file's 16 images: their colourfulness recomputed from the pixels written
+    assert metrics['split'] == 'holdout' and metrics['images'] == 16
+    assert metrics['truth_colorfulness'] == pytest.approx(hasler_susstrunk(smooth_images(16, seed=5)), rel=1e-5)
+    assert metrics['checkpoints']['ckpt']['mean_ab_error'] == pytest.approx(
+        metrics['checkpoints']['file']['mean_ab_error'], abs=1e-7)
+    saw_all = str(tmp_path / 'saw_all')
+    assert run_train(train_command(tiny_cifar, saw_all, '--max_steps', '1', '--val_batches', '1',
+                                   '--classifier', 'off')).returncode == 0
+    r = run('--data_path', tiny_cifar, '--checkpoints', ckpt_path, os.path.join(saw_all, 'checkpoint_ep0.pt'),
+            '--labels', 'held', 'saw', '--split', 'holdout', '--save_path', str(tmp_path / 'no'), '--classifier', 'off')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert 'held: 16, saw: 0' in r.stderr and 'train.py --holdout N' in r.stderr

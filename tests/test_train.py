@@ -652,3 +652,59 @@ def test_an_unwritable_tensorboard_folder_warns_once_and_training_goes_on(tiny_c
     assert r.returncode == 0, r.stderr
     assert len([line for line in r.stderr.splitlines() if 'TensorBoard' in line]) == 1
     assert os.path.isfile(ck / 'checkpoint_ep0.pt')
+
+
+# ---------------------------------------------------------------- the class context (--class_loss)
+
+def test_a_class_loss_run_trains_on_each_images_own_label_and_its_generator_goes_through_the_tools(
+        tiny_cifar, tmp_path, monkeypatch):
+    import dataset
+    import export as export_cli
+    from training.gan import ColorizationGAN
+    seen = []
+    real_step = ColorizationGAN.step
+
+    def recording_step(self, lab, step, global_images=None, classes=None):
+        seen.append((lab.clone(), classes.clone()))
+        return real_step(self, lab, step, global_images, classes)
+    monkeypatch.setattr(ColorizationGAN, 'step', recording_step)
+    ck = str(tmp_path / 'ck')
+    r = run_train(train_command(tiny_cifar, ck, '--class_loss', '0.01', '--max_steps', '3', '--val_batches', '1',
+                                '--classifier', 'off'))
+    assert r.returncode == 0, r.stderr
+    assert '--class_loss 0.01: a class context over the 10 classes' in r.stdout
+    # every image of every step came with its own label: found among the training images (flipped or not)
+    train_set = dataset.load_split(tiny_cifar, train=True)
+    L = train_set.lab[..., 0]
+    for lab, classes in seen:
+        for image, label in zip(lab[:, 0], classes.tolist()):
+            match = [i for i in range(len(L)) if torch.equal(image, L[i]) or torch.equal(image, L[i].flip(1))]
+            assert match and all(train_set.labels[i] == label for i in match)
+    ckpt = load(os.path.join(ck, 'checkpoint_ep0.pt'))
+    assert ckpt['generator']['context.classes.weight'].shape == (10, 512)
+    # the generator file, test.py and export.py rebuild the class context from the tensors
+    single = str(tmp_path / 'g.safetensors')
+    assert run_in_process(export_cli.main, [os.path.join(ck, 'checkpoint_ep0.pt'), '--out', single]).returncode == 0
+    G = checkpoints.load_generator(single, torch.device('cpu'))[0]
+    assert G.context is not None and torch.equal(G.state_dict()['context.fuse.model.0.weight'],
+                                                 ckpt['generator']['context.fuse.model.0.weight'])
+    out = str(tmp_path / 'scores')
+    r = run('test.py', '--data_path', tiny_cifar, '--checkpoints', os.path.join(ck, 'checkpoint_ep0.pt'), single,
+            '--labels', 'ckpt', 'file', '--save_path', out, '--num_grids', '0', '--precision', 'fp32', '--classifier', 'off')
+    assert r.returncode == 0, r.stderr
+    scores = json.load(open(os.path.join(out, 'metrics.json')))['checkpoints']
+    assert scores['ckpt']['mean_ab_error'] == pytest.approx(scores['file']['mean_ab_error'], abs=1e-7)
+
+
+def test_a_class_loss_on_images_without_classes_is_a_one_line_error(tmp_path):
+    from conftest import smooth_images
+    import cv2
+    photos = tmp_path / 'photos'
+    for split in ('train', 'val'):  # the images straight in train/ and val/: no class subfolders
+        os.makedirs(photos / split)
+        for i, rgb in enumerate(smooth_images(4, seed=1)):
+            cv2.imwrite(str(photos / split / f'{i}.png'), cv2.cvtColor(cv2.resize(rgb, (64, 64)), cv2.COLOR_RGB2BGR))
+    r = run_train(train_command(str(photos), str(tmp_path / 'ck'), '--dataset', 'folder', '--image_size', '64',
+                                '--class_loss', '0.01', '--max_steps', '1', '--num_workers', '0'))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert '--class_loss needs the training images' in r.stderr and 'train/<class>/' in r.stderr

@@ -5,8 +5,11 @@
         --only spectral batchnorm enhance rebalance+enhance
 
 Each named run (RUNS: a recipe and extra flags) trains with train.py for --steps steps of 32
-images per seed, in its own folder OUT/NAME/seedS, then test.py scores its last epoch checkpoint
-on the whole test set with every measure and per class (OUT/NAME/seedS/test/metrics.json). Runs
+images per seed, in its own folder OUT/NAME/seedS, keeping the last --holdout training images
+out; a run with a colour-distribution head then has its temperature chosen on those images by
+tools/choose_decoding.py (OUT/NAME/seedS/decoding/), never on the test set; then test.py scores
+its last epoch checkpoint (at that temperature) on the whole test set with every measure and per
+class (OUT/NAME/seedS/test/metrics.json). Runs
 go --parallel at a time, as subprocesses (train.py and test.py are command lines: nothing of
 theirs is imported here). A run whose metrics.json exists is skipped, and one whose training was
 cut short resumes from its newest checkpoint, so a killed ablation continues where it stopped.
@@ -48,6 +51,9 @@ RUNS = {
     'both+rebalance': ('spectral', ['--ab_head', 'both', '--rebalance', '0.5']),
     'classify (batch norm)': ('batchnorm', ['--ab_head', 'classify']),
     'classify+rebalance (batch norm)': ('batchnorm', ['--ab_head', 'classify', '--rebalance', '0.5']),
+    # Iizuka et al.'s class-aware context (train.py --class_loss, their weight of 1/300)
+    'class': ('spectral', ['--class_loss', '0.0033']),
+    'classify+rebalance+class': ('spectral', ['--ab_head', 'classify', '--rebalance', '0.5', '--class_loss', '0.0033']),
 }
 # The measures in the table, in this order; those test.py does not (yet) write are left blank.
 MEASURES = ('mean_ab_error', 'mae', 'psnr', 'nazeri_accuracy', 'colorfulness', 'colorfulness_gap',
@@ -63,6 +69,12 @@ def parse_args(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[0], help='(default: 0)')
     p.add_argument('--only', nargs='+', metavar='NAME', help=f"these runs only (default: all): {', '.join(RUNS)}")
     p.add_argument('--device', default='auto', help="train.py's and test.py's --device (default: auto)")
+    p.add_argument('--holdout', type=int, default=2000,
+                   help="training images every run keeps out (train.py --holdout), on which tools/choose_decoding.py "
+                        "chooses a distribution head's temperature before test.py scores the test set; 0: none kept "
+                        "out, each head scored at the temperature it trained with (default: 2000)")
+    p.add_argument('--temperatures', type=float, nargs='+', default=[0.1, 0.2, 0.3, 0.38, 0.5, 1.0],
+                   help="the temperatures tools/choose_decoding.py tries (default: 0.1 0.2 0.3 0.38 0.5 1)")
     p.add_argument('--parallel', type=int, default=1, help='runs at once (default: 1)')
     p.add_argument('--threads', type=int, default=None,
                    help='OMP_NUM_THREADS of each run (default: the CPU count divided by --parallel)')
@@ -97,16 +109,34 @@ def train_command(args, name, seed, folder):
                '--samples_path', os.path.join(folder, 'samples'), '--recipe', recipe, *flags,
                '--seed', str(seed), '--max_steps', str(args.steps), '--save_freq', '1', '--save_steps', '500',
                # test.py scores the whole test set; validation during training only watches
-               '--val_batches', '10', '--device', args.device, *args.train_flags]
+               '--val_batches', '10', '--device', args.device, '--holdout', str(args.holdout), *args.train_flags]
     if glob.glob(os.path.join(folder, 'checkpoint_*.pt')):
         command += ['--resume', 'latest']
     return command
 
 
-def test_command(args, name, checkpoint, folder):
+def test_command(args, name, checkpoint, folder, decoding=()):
     return [args.python, os.path.join(ROOT, 'test.py'), '--data_path', args.data_path, '--per_class',
             '--checkpoints', checkpoint, '--labels', name, '--save_path', os.path.join(folder, 'test'),
-            '--device', args.device]
+            '--device', args.device, *decoding]
+
+
+def has_distribution_head(name):
+    return '--ab_head' in RUNS[name][1]
+
+
+def choose_decoding_command(args, checkpoint, folder):
+    return [args.python, os.path.join(ROOT, 'tools', 'choose_decoding.py'), '--checkpoint', checkpoint,
+            '--data_path', args.data_path, '--save_path', os.path.join(folder, 'decoding'), '--device', args.device,
+            '--temperatures', *map(str, args.temperatures)]
+
+
+def chosen_decoding(folder):
+    """test.py's flags for the decoding tools/choose_decoding.py chose on the held-out images."""
+    with open(os.path.join(folder, 'decoding', 'decoding.json')) as f:
+        chosen = json.load(f)['chosen']
+    return ['--temperature', str(chosen['temperature'])] + ([] if chosen['blend'] is None else
+                                                            ['--blend', str(chosen['blend'])])
 
 
 def finished_training(folder, steps):
@@ -141,8 +171,15 @@ def one_run(args, name, seed, env):
             checkpoint = finished_training(folder, args.steps) if done.returncode == 0 else None
             if not checkpoint:
                 return name, seed, None, f"train.py failed (exit {done.returncode}): see {log.name}"
-        done = subprocess.run(test_command(args, name, checkpoint, folder), stdout=log, stderr=subprocess.STDOUT,
-                              env=env, cwd=ROOT)
+        decoding = []
+        if has_distribution_head(name) and args.holdout:
+            done = subprocess.run(choose_decoding_command(args, checkpoint, folder), stdout=log,
+                                  stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            if done.returncode:
+                return name, seed, None, f"tools/choose_decoding.py failed (exit {done.returncode}): see {log.name}"
+            decoding = chosen_decoding(folder)
+        done = subprocess.run(test_command(args, name, checkpoint, folder, decoding), stdout=log,
+                              stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if done.returncode or not os.path.isfile(metrics):
         return name, seed, None, f"test.py failed (exit {done.returncode}): see {log.name}"
     return name, seed, metrics, 'trained and scored'
@@ -225,6 +262,8 @@ def main(argv=None):
             print(f"{name}, seed {seed}: {message}", flush=True)
             if metrics:
                 found[(name, seed)] = read_scores(metrics, name)
+                if has_distribution_head(name) and args.holdout:
+                    found[(name, seed)]['decoding'] = chosen_decoding(run_folder(args, name, seed))
             else:
                 failed.append(f"{name} seed {seed}")
     table = {name: [found[(name, s)] for s in args.seeds if (name, s) in found] for name in names}

@@ -96,9 +96,10 @@ def batch_norm_replay(model):
 class ColorizationGAN:
     """`args`: train.py's flags (parse_args); `compute`: where and in what precision it runs;
     `procs`: this process's place in a torchrun run (one process where None); `ab_classes`: the
-    training images' ab bins (training/ab_classes.py) where --ab_head is classify or both."""
+    training images' ab bins (training/ab_classes.py) where --ab_head is classify or both;
+    `n_classes`: the training images' number of classes where --class_loss is on."""
 
-    def __init__(self, args, compute=None, procs=None, ab_classes=None):
+    def __init__(self, args, compute=None, procs=None, ab_classes=None, n_classes=0):
         self.args = args
         self.compute = compute or Compute(torch.device('cpu'), 'fp32')
         self.procs = procs or distributed.Processes()
@@ -107,12 +108,13 @@ class ColorizationGAN:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         torch.manual_seed(args.seed)
         self.ab_classes = ab_classes
-        if ab_classes is None:
+        self.class_weight = getattr(args, 'class_loss', 0.0) if n_classes else 0.0
+        if ab_classes is None and not n_classes:
             self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout)
         else:
             self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout, args.ab_head,
-                                            len(ab_classes))
-            models.set_decoding(self.G, args.temperature, args.blend, ab_classes.centres)
+                                            0 if ab_classes is None else len(ab_classes), n_classes)
+            models.set_decoding(self.G, args.temperature, args.blend, None if ab_classes is None else ab_classes.centres)
         self.D = models.build_discriminator(args.image_size, args.disc_norm)
         if args.apply_weight_init:
             models.init_weights(self.G), models.init_weights(self.D)
@@ -152,9 +154,9 @@ class ColorizationGAN:
             for group in opt.param_groups:
                 group['lr'] = lr
 
-    def step(self, lab, step, global_images=None):
+    def step(self, lab, step, global_images=None, classes=None):
         """Optimizer step number `step` (counted from 1) on a Lab batch: this process's part of a
-        global batch of `global_images`. Returns the batch's sums of STAT_NAMES as one device
+        global batch of `global_images` (`classes`: its images' class indices, for --class_loss). Returns the batch's sums of STAT_NAMES as one device
         tensor, so the caller syncs with the host only when it shows them. A non-finite loss
         stops or skips the step (--nan_policy, training/nan_watch.py) before anything is updated:
         both networks (weights, batch-norm statistics, spectral-norm vectors), optimizers, scaler
@@ -165,9 +167,9 @@ class ColorizationGAN:
         share = len(lab) * self.procs.world_size / (global_images or len(lab))
         kept = self.nan_watch.snapshot()
         if self.scores_fake_once:
-            g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share)
+            g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share, classes)
         else:
-            _, fake, _, g_adv, g_l1, g_loss = self.backward_G(lab, share)
+            _, fake, _, g_adv, g_l1, g_loss = self.backward_G(lab, share, classes)
             real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
         finite = self.nan_watch.check(g_loss, d_loss, step, kept)
         with self.nan_watch.updates(finite):
@@ -181,21 +183,21 @@ class ColorizationGAN:
     def update_average(self, step):
         ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
 
-    def backward_G(self, lab, share):
+    def backward_G(self, lab, share, classes=None):
         """The generator's losses and their gradients. D is scored outside DDP, with no
         gradients for its weights: the generator's step needs none (the reference computed and
         discarded them)."""
         self.D.requires_grad_(False)
         try:
             with self.compute.autocast:
-                losses = self.generator_losses(self.G_run, self.D, lab)
+                losses = self.generator_losses(self.G_run, self.D, lab, classes)
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler.scale(losses[-1] * share).backward()
         finally:
             self.D.requires_grad_(True)
         return losses
 
-    def backward_G_scoring_once(self, lab, share):
+    def backward_G_scoring_once(self, lab, share, classes=None):
         """backward_G where D scores the fake batch once, for both losses; D's running statistics
         still advance as in the reference's three passes (fake, real, fake), by a replay. The
         generator's gradients pass through D to a detached copy of the fake batch and on into G,
@@ -211,7 +213,7 @@ class ColorizationGAN:
             # (and so how D's weight gradients add up), as the reference's D step's two passes did.
             real_logits = self.D(lab)
             replay_fake_batch()
-            g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits, head)
+            g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits, head, classes)
             d_loss = self.discriminator_loss(real_logits, fake_logits)
         self.opt_g.zero_grad(set_to_none=True)
         scaled = self.scaler.scale(g_loss * share)
@@ -226,37 +228,43 @@ class ColorizationGAN:
         self.scaler.step(self.opt_d)
 
     def fake_batch(self, G, L):
-        """G's ab for lightness L, the Lab batch D scores, and what a colour-distribution head's
-        loss needs besides (its logits and regression; None for the reference's head)."""
-        if self.ab_classes is None:
+        """G's ab for lightness L, the Lab batch D scores, and what the losses of a colour-
+        distribution head and a class context need besides ((its logits, its regression, the
+        class logits); None for the reference's generator)."""
+        if self.ab_classes is None and not self.class_weight:
             fake_ab, head = G(L), None
         else:
             fake_ab, *head = G(L, with_logits=True)
         return fake_ab, torch.cat([L, fake_ab.to(L.dtype)], dim=1), head
 
-    def generator_losses(self, G, D, lab):
+    def generator_losses(self, G, D, lab, classes=None):
         L, ab = lab[:, :1], lab[:, 1:]
         fake_ab, fake, head = self.fake_batch(G, L)
         fake_scores = D(fake)
-        g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores, head)
+        g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores, head, classes)
         return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
 
-    def generator_loss_terms(self, ab, fake_ab, fake_scores, head=None):
+    def generator_loss_terms(self, ab, fake_ab, fake_scores, head=None, classes=None):
         """(adversarial, L1, total); the L1 reported is always the plain mean |ab error| of the
         decoded ab. The total's reconstruction term: the L1 (weighted per pixel under
-        --rebalance), or a distribution head's cross-entropy (plus its regression's L1)."""
+        --rebalance), or a distribution head's cross-entropy (plus its regression's L1); with
+        --class_loss W, plus W times the class logits' cross-entropy (images without a class,
+        -1, left out)."""
         hinge = self.args.adv_loss == 'hinge'
         g_adv = remedies.hinge_g_loss(fake_scores) if hinge else bce(fake_scores, 1.0)
         errors = (ab - fake_ab.float()).abs()
         g_l1 = errors.mean()
-        if head is not None:
-            logits, regressed = head
+        logits, regressed, class_logits = head if head is not None else (None, None, None)
+        if logits is not None:
             l1_term = self.ab_classes.cross_entropy(logits, ab)
             if regressed is not None:
                 l1_term = l1_term + (ab - regressed.float()).abs().mean()
         else:
             l1_term = g_l1 if self.pixel_weights is None else (errors * self.pixel_weights(ab)).mean()
-        return g_adv, g_l1, (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * l1_term
+        g_loss = (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * l1_term
+        if class_logits is not None and classes is not None:
+            g_loss = g_loss + self.class_weight * F.cross_entropy(class_logits.float(), classes, ignore_index=-1)
+        return g_adv, g_l1, g_loss
 
     def discriminator_loss(self, real_logits, fake_logits):
         if self.args.adv_loss == 'hinge':
@@ -276,13 +284,13 @@ class ColorizationGAN:
     # ------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self, G, lab):
+    def evaluate(self, G, lab, classes=None):
         """The step's losses for generator `G` (in eval mode, as the caller set it) against the
         discriminator in eval mode, without updates: (STAT_NAMES sums, predicted ab)."""
         self.D.eval()
         try:
             with self.compute.autocast:
-                fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.generator_losses(G, self.D, lab)
+                fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.generator_losses(G, self.D, lab, classes)
             real_logits, fake_logits, d_loss = self.discriminator_losses(self.D, lab, fake, fake_scores.detach())
         finally:
             self.D.train()

@@ -108,6 +108,10 @@ def training_parser():
                         "the reference's two published command lines; vivid, the spectral one with colour-enhanced "
                         "targets (1.2) and without the dullest training images (colourfulness below 15), the "
                         "ablation's choice (docs/) (default: none)")
+    p.add_argument('--holdout', type=number_in(int, 0, None), default=0, metavar='N',
+                   help="keep the last N training images out of training: the validation split on which test.py "
+                        "--split holdout and tools/choose_decoding.py choose a temperature or blend, never the "
+                        "test set (default: 0, train on all)")
     add_remedy_flags(p)
     return p
 
@@ -142,6 +146,11 @@ def add_remedy_flags(p):
     p.add_argument('--temperature', type=number_in(float, 0, None, low_open=True), default=DEFAULT_TEMPERATURE,
                    metavar='T', help="classify and both: the annealed mean's temperature, softmax(logits / T); 1 is "
                                      "the distribution's mean, towards 0 its most likely colour (default: 0.38)")
+    p.add_argument('--class_loss', type=number_in(float, 0), default=0.0, metavar='W',
+                   help="Iizuka et al.'s class-aware context: global features of the generator's bottleneck fused "
+                        "into its decoder, and W times the cross-entropy of a class prediction made from them added "
+                        "to the generator's loss (Iizuka et al.: 1/300 of their colour MSE), on the training images' "
+                        "labels (CIFAR-10's classes; a folder's first subfolders); 0 is off (default: 0)")
     p.add_argument('--blend', type=number_in(float, 0, 1), default=DEFAULT_BLEND, metavar='W',
                    help="both: the regression's share of the decoded ab, the distribution's 1 - W (default: 0.5)")
 

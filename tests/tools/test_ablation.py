@@ -1,5 +1,6 @@
-"""tools/ablation.py: named runs trained and scored as subprocesses, one table of their scores,
-and a second call that skips what is done, on tiny data with 2 steps a run."""
+"""tools/ablation.py: named runs trained and scored as subprocesses, a distribution head's
+temperature chosen on held-out training images, one table of their scores, and a second call that
+skips what is done, on tiny data with 2 steps a run."""
 import json
 import os
 import subprocess
@@ -17,26 +18,34 @@ def ablation(data, out, *flags):
 
 def test_the_ablation_trains_scores_tabulates_and_skips_what_is_done(tiny_cifar, tmp_path):
     out = str(tmp_path / 'ablation')
-    r = ablation(tiny_cifar, out, '--only', 'spectral', 'hinge', '--parallel', '2')
+    r = ablation(tiny_cifar, out, '--only', 'spectral', 'classify', '--parallel', '2', '--holdout', '16',
+                 '--temperatures', '0.05', '1')
     assert r.returncode == 0, r.stdout + r.stderr
-    assert 'spectral, seed 0: trained and scored' in r.stdout and 'hinge, seed 0: trained and scored' in r.stdout
-    saved = json.load(open(os.path.join(out, 'hinge', 'seed0', 'args.json')))
-    assert (saved['recipe'], saved['adv_loss'], saved['max_steps'], saved['seed']) == ('spectral', 'hinge', 2, 0)
+    assert 'spectral, seed 0: trained and scored' in r.stdout and 'classify, seed 0: trained and scored' in r.stdout
+    saved = json.load(open(os.path.join(out, 'classify', 'seed0', 'args.json')))
+    assert (saved['recipe'], saved['ab_head'], saved['max_steps'], saved['seed'], saved['holdout']) == \
+        ('spectral', 'classify', 2, 0, 16)
+    # the temperature chosen on the 16 held-out images is the one the test set was scored at
+    decoding = json.load(open(os.path.join(out, 'classify', 'seed0', 'decoding', 'decoding.json')))
+    assert [s['temperature'] for s in decoding['settings']] == [0.05, 1.0] and decoding['images'] == 16
     table = open(os.path.join(out, 'ablation.md')).read()
     header = next(line for line in table.splitlines() if line.startswith('| run |'))
     assert 'mean_ab_error' in header and 'colorfulness_gap' in header and 'semantic_accuracy' in header
     overall = table.split('Per class')[0]
     rows = {line.split(' | ')[0][2:]: line for line in overall.splitlines() if line.startswith('| ')}
-    assert {'spectral', 'hinge', 'ground truth'} <= set(rows)
+    assert {'spectral', 'classify', 'ground truth'} <= set(rows)
     results = json.load(open(os.path.join(out, 'ablation.json')))
     metrics = json.load(open(os.path.join(out, 'spectral', 'seed0', 'test', 'metrics.json')))
     mean = results['runs']['spectral']['mean']
     assert mean['mean_ab_error'] == metrics['checkpoints']['spectral']['mean_ab_error']
     assert f"{mean['mean_ab_error']:.4f}" in rows['spectral']
-    assert results['runs']['hinge']['flags'] == ['--adv_loss', 'hinge']
+    assert results['runs']['classify']['flags'] == ['--ab_head', 'classify']
+    assert results['runs']['classify']['per_seed']['0']['decoding'] == [
+        '--temperature', str(decoding['chosen']['temperature'])]
+    assert 'decoding' not in results['runs']['spectral']['per_seed']['0']
     assert 'airplane' in table  # per class
 
-    again = ablation(tiny_cifar, out, '--only', 'spectral', 'hinge')
+    again = ablation(tiny_cifar, out, '--only', 'spectral', 'classify', '--holdout', '16')
     assert again.returncode == 0 and again.stdout.count('done before') == 2, again.stdout + again.stderr
 
 

@@ -164,3 +164,30 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
     sums = gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
     assert torch.isfinite(sums).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, gan.D.parameters()))
+
+
+def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_images():
+    gan = ColorizationGAN(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25']), n_classes=10)
+    plain = contiguous_gan()
+    lab, classes = fixed_batch(8), torch.tensor([0, 3, 9, -1, 2, 2, 5, 7])
+    gan.G.eval(), plain.G.eval()
+    with torch.no_grad():
+        ab, _, _, class_logits = gan.G(lab[:, :1], with_logits=True)
+        scores = gan.D(torch.cat([lab[:, :1], ab], 1))
+        with_classes = gan.generator_loss_terms(lab[:, 1:], ab, scores, (None, None, class_logits), classes)
+        without = plain.generator_loss_terms(lab[:, 1:], ab, scores)
+    # the image without a class (-1) is left out of the mean
+    labelled = classes >= 0
+    by_hand = -torch.log_softmax(class_logits[labelled], 1)[torch.arange(7), classes[labelled]].mean()
+    assert with_classes[:2] == without[:2]
+    assert (with_classes[2] - without[2]).item() == pytest.approx(0.25 * by_hand.item(), rel=1e-5)
+    # and steps with the labels train the class prediction towards them (a heavier weight, to see it in 15
+    # steps; measured in training mode, as the batch statistics of so few steps are not yet the running ones)
+    gan = ColorizationGAN(parse_training_args(['--channels_last', 'off', '--class_loss', '5']), n_classes=10)
+    losses = []
+    for step in range(1, 16):
+        gan.step(lab, step, classes=classes)
+        with torch.no_grad():
+            losses.append(torch.nn.functional.cross_entropy(gan.G(lab[:, :1], with_logits=True)[3], classes,
+                                                            ignore_index=-1).item())
+    assert losses[-1] < 0.25 * losses[0]

@@ -1,0 +1,76 @@
+"""tools/choose_decoding.py: a distribution head's temperature chosen on the training images its
+run held out, by the stated rule, from test.py's own scores of each setting."""
+import importlib.util
+import json
+import os
+
+from conftest import ROOT, run_in_process, run_train, train_command
+
+TOOL = os.path.join(ROOT, 'tools', 'choose_decoding.py')
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('choose_decoding_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def setting(t, gap, accuracy, fd, error):
+    return {'temperature': t, 'blend': None, 'colorfulness_gap': gap, 'semantic_accuracy': accuracy,
+            'classifier_fd': fd, 'mean_ab_error': error}
+
+
+def test_the_rule_takes_the_most_accurate_setting_within_the_gap_else_the_smallest_gap():
+    choose = load_tool().choose
+    settings = [setting(0.1, 1.0, 0.80, 2.0, 0.09), setting(0.2, 2.5, 0.83, 1.9, 0.08),
+                setting(0.3, 2.9, 0.83, 1.8, 0.08), setting(0.5, 8.0, 0.86, 1.5, 0.07)]
+    # 0.5 is the most accurate but leaves too much of the gap; 0.2 and 0.3 tie on accuracy, 0.3's FD is lower
+    assert choose(settings, 3.0)[0]['temperature'] == 0.3
+    assert choose(settings, 2.0)[0]['temperature'] == 0.1
+    assert choose(settings, 10.0)[0]['temperature'] == 0.5
+    chosen, why = choose(settings, 0.5)
+    assert chosen['temperature'] == 0.1 and 'the smallest gap' in why
+
+
+def test_each_setting_is_test_pys_score_on_the_held_out_images_and_the_choice_follows_the_rule(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    r = run_train(train_command(tiny_cifar, ck, '--ab_head', 'classify', '--holdout', '16', '--max_steps', '2',
+                                '--val_batches', '1', '--classifier', 'off'))
+    assert r.returncode == 0, r.stderr
+    data, checkpoint = tiny_cifar, os.path.join(ck, 'checkpoint_ep0.pt')
+    tool = load_tool()
+    out = str(tmp_path / 'decoding')
+    r = run_in_process(tool.main, ['--checkpoint', checkpoint, '--data_path', data, '--temperatures', '0.05', '1',
+                                   '--save_path', out, '--device', 'cpu', '--precision', 'fp32'])
+    assert r.returncode == 0, r.stderr
+    decoding = json.load(open(os.path.join(out, 'decoding.json')))
+    assert decoding['images'] == 16 and [s['temperature'] for s in decoding['settings']] == [0.05, 1.0]
+    # each row is test.py's own score of that temperature on the held-out split
+    for s in decoding['settings']:
+        metrics = json.load(open(os.path.join(out, f"T{s['temperature']:g}", 'metrics.json')))
+        assert metrics['split'] == 'holdout'
+        assert s['colorfulness'] == metrics['checkpoints'][f"T{s['temperature']:g}"]['colorfulness']
+    colder, warmer = decoding['settings']
+    assert colder['colorfulness'] > warmer['colorfulness']  # a lower temperature, a more saturated mean
+    chosen, _ = tool.choose(decoding['settings'], 3.0)
+    assert decoding['chosen']['temperature'] == chosen['temperature']
+    table = open(os.path.join(out, 'decoding.md')).read()
+    assert f"`--temperature {chosen['temperature']:g}`" in table and '**(chosen)**' in table
+
+
+def test_a_generator_without_a_distribution_head_or_a_holdout_is_refused_in_one_line(tiny_cifar, tmp_path):
+    tool = load_tool()
+    ck = str(tmp_path / 'ck')
+    assert run_train(train_command(tiny_cifar, ck, '--max_steps', '1', '--val_batches', '1',
+                                   '--classifier', 'off')).returncode == 0
+    r = run_in_process(tool.main, ['--checkpoint', os.path.join(ck, 'checkpoint_ep0.pt'), '--data_path', tiny_cifar,
+                                   '--save_path', str(tmp_path / 'out')])
+    assert r.returncode == 2 and "the reference's regression head" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    ck2 = str(tmp_path / 'ck2')
+    assert run_train(train_command(tiny_cifar, ck2, '--ab_head', 'classify', '--max_steps', '1', '--val_batches', '1',
+                                   '--classifier', 'off')).returncode == 0
+    r = run_in_process(tool.main, ['--checkpoint', os.path.join(ck2, 'checkpoint_ep0.pt'), '--data_path', tiny_cifar,
+                                   '--temperatures', '1', '--save_path', str(tmp_path / 'out2')])
+    assert r.returncode == 2 and 'train.py --holdout N' in r.stderr
