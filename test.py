@@ -82,7 +82,7 @@ def parse_args(argv=None):
                         "range) before anything is scored or drawn. Several values: every generator at every gain, "
                         "one pass, and the dial's frontier (each measure against colourfulness) in frontier.md and "
                         "frontier.png (default: 1)")
-    add_decoding_flags(p)
+    add_decoding_flags(p, per_generator=True)
     add_compute_flags(p)
     args = p.parse_args(argv)
     if len(set(args.chroma_gain)) != len(args.chroma_gain):
@@ -92,6 +92,10 @@ def parse_args(argv=None):
     n_checkpoints = len(args.checkpoints or published.PUBLISHED_GENERATORS)
     if args.labels and len(args.labels) != n_checkpoints:
         p.error(f"--labels has {len(args.labels)} names for {n_checkpoints} checkpoints")
+    for flag in ('temperature', 'blend'):
+        values = getattr(args, flag)
+        if values and len(values) not in (1, n_checkpoints):
+            p.error(f"--{flag} has {len(values)} values for {n_checkpoints} checkpoints: give one, or one per checkpoint")
     if args.pick and n_checkpoints < 2:
         p.error(f"--pick compares the first two checkpoints, and {n_checkpoints} was given")
     return args
@@ -270,9 +274,11 @@ def load_generators(args, compute):
                                                         args.num_workers), run_args.get('holdout', 0))[0]
     loaded = [checkpoints.generator_for_use(p, compute, training_images, ckpt) for p, ckpt in zip(args.checkpoints, ckpts)]
     generators = [G for G, _ in loaded]
-    for G in generators:
+    def each(values):
+        return [None] * len(generators) if not values else values * len(generators) if len(values) == 1 else values
+    for G, temperature, blend in zip(generators, each(args.temperature), each(args.blend)):
         checkpoints.set_dropout(G, args.keep_dropout)
-        models.set_decoding(G, args.temperature, args.blend)
+        models.set_decoding(G, temperature, blend)
     return generators, labels, sizes.pop(), [run_args.get('holdout', 0) for _, run_args in loaded]
 
 

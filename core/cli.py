@@ -68,15 +68,19 @@ def add_compute_flags(parser):
                              '(default: auto)')
 
 
-def add_decoding_flags(parser):
+def add_decoding_flags(parser, per_generator=False):
     """--temperature and --blend: how a generator with a colour-distribution head decodes
-    (train.py --ab_head classify or both); the file's own values where not given."""
+    (train.py --ab_head classify or both); the file's own values where not given. With
+    `per_generator`, each flag takes one value for every generator or one per generator (a list)."""
+    each = ('; one value for all, or one per checkpoint in their order' if per_generator else '')
     parser.add_argument('--temperature', type=number_in(float, 0, None, low_open=True), default=None, metavar='T',
-                        help="for generators with a colour-distribution head: the annealed mean's temperature "
-                             "(default: the one each generator was trained with)")
+                        nargs='+' if per_generator else None,
+                        help="for generators with a colour-distribution head: the annealed mean's temperature"
+                             f"{each} (default: the one each generator was trained with)")
     parser.add_argument('--blend', type=number_in(float, 0, 1), default=None, metavar='W',
-                        help="for generators with both heads: the regression's share of the decoded ab "
-                             "(default: the one each generator was trained with)")
+                        nargs='+' if per_generator else None,
+                        help="for generators with both heads: the regression's share of the decoded ab"
+                             f"{each} (default: the one each generator was trained with)")
 
 
 @dataclasses.dataclass(frozen=True)

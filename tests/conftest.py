@@ -52,10 +52,10 @@ sys.path.insert(0, ROOT)
 
 
 def command_line(name):
-    """The project's script `name`.py (test, train, colorize, ...) as a module named
+    """The project's script `name`.py (test, train, colorize, ..., or tools/NAME) as a module named
     'colorization_{name}_cli', loaded from its file: a name no other module has, so that
     test.py never takes the place of the standard library's `test` package. Loaded once."""
-    module_name = f'colorization_{name}_cli'
+    module_name = f"colorization_{name.replace('/', '_')}_cli"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, f'{name}.py'))

@@ -1,19 +1,13 @@
 """tools/choose_decoding.py: a distribution head's temperature chosen on the training images its
 run held out, by the stated rule, from test.py's own scores of each setting."""
-import importlib.util
 import json
 import os
 
-from conftest import ROOT, run_in_process, run_train, train_command
-
-TOOL = os.path.join(ROOT, 'tools', 'choose_decoding.py')
+from conftest import command_line, run_in_process, run_train, train_command
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('choose_decoding_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return command_line('tools/choose_decoding')
 
 
 def setting(t, gap, accuracy, fd, error):

@@ -103,7 +103,7 @@ def test_a_generator_with_a_distribution_head_trains_and_goes_through_its_files_
     assert (G.final.regression is not None) == (head == 'both')
     # test.py scores the checkpoint and the generator file alike; another temperature, other colours
     scores = {}
-    for name, extra in (('warm', []), ('cold', ['--temperature', '0.05'])):
+    for name, extra in (('warm', []), ('cold', ['--temperature', '0.05']), ('each', ['--temperature', '0.05', '0.5'])):
         out = str(tmp_path / name)
         r = run_in_process(test_cli.main, ['--data_path', tiny_cifar, '--checkpoints', os.path.join(ck, 'checkpoint_ep0.pt'),
                                            os.path.join(ck, 'generator_ep0.safetensors'), '--labels', 'ckpt', 'file',
@@ -113,6 +113,11 @@ def test_a_generator_with_a_distribution_head_trains_and_goes_through_its_files_
         scores[name] = json.load(open(os.path.join(out, 'metrics.json')))['checkpoints']
     assert scores['warm']['ckpt']['mean_ab_error'] == pytest.approx(scores['warm']['file']['mean_ab_error'], abs=1e-7)
     assert scores['cold']['file']['colorfulness'] != scores['warm']['file']['colorfulness']
+    # one temperature per checkpoint: the first at 0.05, the second at the 0.5 it trained with
+    assert scores['each']['ckpt'] == scores['cold']['ckpt'] and scores['each']['file'] == scores['warm']['file']
+    r = run_in_process(test_cli.main, ['--data_path', tiny_cifar, '--checkpoints', 'a.pt', 'b.pt', '--temperature',
+                                       '1', '2', '3'])
+    assert r.returncode == 2 and '--temperature has 3 values for 2 checkpoints' in r.stderr
     # export.py writes it alone and as a model folder; colorize.py rebuilds it from the folder
     single, folder = str(tmp_path / 'g.safetensors'), str(tmp_path / 'model')
     assert run_in_process(export_cli.main, [os.path.join(ck, 'checkpoint_ep0.pt'), '--out', single]).returncode == 0
