@@ -175,8 +175,9 @@ def load_split(data_path, train, download=True):
 
 def open_splits(args, procs, pin_memory=False):
     """(training set, test set) of a run's flags (--dataset, --data_path, --image_size,
-    --num_workers, --holdout: the training set without its last N images); the test set on the first process only, which alone validates. The first
-    process on each machine downloads CIFAR-10 if needed while the others wait."""
+    --num_workers, --holdout: the training set without its last N images); the test set on the
+    first process only, which alone validates. The first process on each machine downloads
+    CIFAR-10 if needed while the others wait."""
     if args.dataset == 'folder':
         def split(train):
             return open_split('folder', args.data_path, train, args.image_size, args.num_workers, pin_memory)

@@ -55,7 +55,7 @@ def parse_args(argv=None):
 
 def head_of(path):
     """The generator's ab head ('regress', 'classify' or 'both'), read from its file."""
-    state, config, _ = checkpoints.generator_state(checkpoints.load_checkpoint(path), path)
+    _, config, _ = checkpoints.generator_state(checkpoints.load_checkpoint(path), path)
     return config.get('ab_head', 'regress')
 
 
@@ -93,9 +93,9 @@ def choose(settings, max_gap):
                                   f"semantic accuracy, then the lowest classifier FD, then the lowest error")
 
 
-def decoding_table(settings, chosen, why, truth, images, command):
+def decoding_table(checkpoint, settings, chosen, why, truth, images, command):
     keys = [m for m in MEASURES if all(m[0] in s for s in settings)]
-    lines = [f"Decodings of {command[command.index('--checkpoint') + 1]} on {images} held-out training images "
+    lines = [f"Decodings of {checkpoint} on {images} held-out training images "
              f"(the truth's colourfulness {truth:.2f}).", '',
              '| temperature | blend | ' + ' | '.join(name for _, name, _ in keys) + ' |',
              '|---|---|' + '---|' * len(keys)]
@@ -126,7 +126,8 @@ def main(argv=None):
             settings.append(scores)
     chosen, why = choose(settings, args.max_gap)
     command = ['python', 'tools/choose_decoding.py'] + argv
-    table, flags = decoding_table(settings, chosen, why, metrics['truth_colorfulness'], metrics['images'], command)
+    table, flags = decoding_table(args.checkpoint, settings, chosen, why, metrics['truth_colorfulness'],
+                                  metrics['images'], command)
     utils.atomic_write(os.path.join(args.save_path, 'decoding.md'), lambda f: f.write(table), mode='w')
     utils.write_json(os.path.join(args.save_path, 'decoding.json'),
                      {'settings': settings, 'chosen': {'temperature': chosen['temperature'], 'blend': chosen['blend']},

@@ -156,8 +156,9 @@ class ColorizationGAN:
 
     def step(self, lab, step, global_images=None, classes=None):
         """Optimizer step number `step` (counted from 1) on a Lab batch: this process's part of a
-        global batch of `global_images` (`classes`: its images' class indices, for --class_loss). Returns the batch's sums of STAT_NAMES as one device
-        tensor, so the caller syncs with the host only when it shows them. A non-finite loss
+        global batch of `global_images` (`classes`: its images' class indices, for --class_loss).
+        Returns the batch's sums of STAT_NAMES as one device tensor, so the caller syncs with the
+        host only when it shows them. A non-finite loss
         stops or skips the step (--nan_policy, training/nan_watch.py) before anything is updated:
         both networks (weights, batch-norm statistics, spectral-norm vectors), optimizers, scaler
         and averaged generator stay as they were."""
