@@ -25,6 +25,7 @@ from metrics import classifier, curves, scores
 from storage import checkpoints, provenance
 from training import distributed, remedies
 from training.gan import STAT_NAMES, ColorizationGAN, summarize
+from training.ab_bins import AbPrior
 from training.ab_classes import AbClasses
 from training.layer_forms import choose_layer_forms
 from training.nan_watch import NonFiniteLoss
@@ -113,23 +114,22 @@ def set_up(args, compute, procs):
                         f"processes must share equally: pick a multiple of {procs.world_size}")
     resume_path = procs.broadcast(find_resume_path(args) if procs.is_main else None)
     spent = collections.Counter()  # seconds per kind of work, for the closing line
+    # The first process reads the checkpoint and hands it to the others, which need no access to its folder.
+    ckpt = procs.broadcast(checkpoints.load_checkpoint(resume_path) if procs.is_main else None) if resume_path else None
     data = None
     if args.ab_head != 'regress' or args.class_loss:
         # the head's bins are the training images' colours, the class context's size their classes: the data first
         with timed(spent, 'data'):
-            data = open_data(args, procs, compute)
+            data = open_data(args, procs, compute, AbPrior.saved_in(ckpt))
     gan = ColorizationGAN(args, compute, procs, ab_classes=data[2] if data else None,
                           n_classes=count_classes(data[0], args) if args.class_loss else 0)
     if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
         torch.manual_seed(distributed.process_seed(args.seed, procs.rank, 0))
     first_epoch, first_batch, step, saved_forms = args.start_epoch, 0, 0, None
     if resume_path:
-        # The first process reads the checkpoint and hands it to the others, which need no access to its folder.
-        ckpt = procs.broadcast(checkpoints.load_checkpoint(resume_path) if procs.is_main else None)
         first_epoch, first_batch, step = checkpoints.restore_training(ckpt, resume_path, args, gan)
         distributed.restore_random_state(ckpt, procs, args.seed, compute.device)
         saved_forms = ckpt.get('layer_forms')
-        del ckpt
         print(f"resuming from {resume_path}: epoch {first_epoch}, batch {first_batch}, step {step}")
     if first_epoch >= args.max_epoch:
         raise UserError(f"the checkpoint is at epoch {first_epoch}, which --max_epoch {args.max_epoch} leaves no room for")
@@ -142,7 +142,9 @@ def set_up(args, compute, procs):
         layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
-        train_set, test_set, _, gan.pixel_weights = data or open_data(args, procs, compute)
+        train_set, test_set, _, gan.pixel_weights = data or open_data(args, procs, compute,
+                                                                      AbPrior.saved_in(ckpt))
+    del ckpt
     if procs.is_main:
         utils.write_json(os.path.join(args.save_path, 'args.json'),
                          dict(run_info, layer_forms=layer_forms, provenance=made_by))
@@ -163,16 +165,19 @@ def set_up(args, compute, procs):
                                           compute.device)[0] if procs.is_main else None)
 
 
-def open_data(args, procs, compute):
+def open_data(args, procs, compute, saved_prior=None):
     """(training set with the remedies applied, test set, the training images' ab bins where
     --ab_head is classify or both, else None, the L1's pixel weights under --rebalance with the
-    regression head, else None)."""
+    regression head, else None). `saved_prior`: the ab bins and prior a resumed run's checkpoint
+    recorded (ab_bins.AbPrior), which it keeps whatever data it now sees."""
     train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
-    train_set, pixel_weights = apply_remedies(args, procs, compute, train_set)
+    train_set, pixel_weights = apply_remedies(args, procs, compute, train_set, saved_prior)
     ab_classes = None
     if args.ab_head != 'regress':
-        ab_classes = AbClasses.from_training_set(train_set, args.rebalance, compute.device, args.seed, args.color_enhance)
+        prior = saved_prior or AbPrior.from_training_set(train_set, args.seed, args.color_enhance)
+        ab_classes = AbClasses(prior, args.rebalance, compute.device)
         print(f"--ab_head {args.ab_head}: {len(ab_classes)} ab bins of 10 in the training images"
+              + (' (as the checkpoint recorded them)' if saved_prior else '')
               + (f", the cross-entropy rebalanced with lambda {args.rebalance:g}" if args.rebalance is not None else ''))
     return train_set, test_set, ab_classes, pixel_weights
 
@@ -199,11 +204,11 @@ def batch_classes(run, images, idx):
     return torch.as_tensor(images.labels[idx.numpy()]).to(run.compute.device, non_blocking=True)
 
 
-def apply_remedies(args, procs, compute, train_set):
+def apply_remedies(args, procs, compute, train_set, saved_prior=None):
     """--min_colorfulness (the training images kept, the dropped ones counted in one line and
-    listed in a file) and --rebalance (the L1's pixel weights, from the kept images; a
-    distribution head's rebalancing is its own, training/ab_classes.py): (the training set,
-    the pixel weights or None)."""
+    listed in a file) and --rebalance (the L1's pixel weights, from the kept images' prior or the
+    checkpoint's `saved_prior`; a distribution head's weights come from training/ab_classes.py,
+    both by training/ab_bins.py): (the training set, the pixel weights or None)."""
     if args.min_colorfulness is not None:
         train_set, dropped, total = remedies.drop_dull_images(train_set, args.min_colorfulness)
         list_path = os.path.join(args.save_path, 'dropped_colorfulness.txt')
@@ -213,8 +218,8 @@ def apply_remedies(args, procs, compute, train_set):
               f"all {len(dropped)} listed in {list_path}")
     pixel_weights = None
     if args.rebalance is not None and args.ab_head == 'regress':
-        pixel_weights = remedies.RebalanceWeights.from_training_set(
-            train_set, args.rebalance, compute.device, args.seed, args.color_enhance)
+        prior = saved_prior or AbPrior.from_training_set(train_set, args.seed, args.color_enhance)
+        pixel_weights = remedies.RebalanceWeights(prior, args.rebalance, compute.device)
     return train_set, pixel_weights
 
 

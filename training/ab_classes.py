@@ -7,15 +7,16 @@ A generator trained on L1 paints each pixel's median colour: where a car may be 
 median is grey-brown. A distribution over colours keeps both, and its annealed mean
 (models.annealed_mean) decodes a vivid one.
 
-Imports training/remedies (the ab histogram and its Gaussian smoothing) and torch.
+The bins, their prior and the rebalancing weights are training/ab_bins.py's, which the L1's
+rebalancing shares.
 """
 import torch
-import torch.nn.functional as F
 
-from training import remedies
+from core.pictures import AB_RANGE
+from training import ab_bins
+from training.ab_bins import AB_LOW, BIN_SIZE, BINS, SIGMA
 
 NEIGHBOURS = 10  # the bins a true ab is spread over (Zhang et al.'s code)
-SIGMA = 5.0  # Lab units: the Gaussian of the soft encoding and of the prior's smoothing
 # The nearest bins are looked for among the 7 x 7 grid cells around a pixel's own: every bin
 # outside lies 25 Lab units away or more, farther than the tenth nearest wherever the bins around
 # are used, and weighs exp(-25^2 / (2 * 5^2)) < 4e-6 of the nearest. Measured 1.6x faster a step
@@ -24,43 +25,41 @@ WINDOW = 7
 
 
 class AbClasses:
-    """`centres`: (Q, 2) network-scale ab of the bins the training images use; `prior`: (Q,)
-    their pixel shares; `weights`: (Q,) rebalancing weights (None: plain cross-entropy)."""
+    """`prior`: the ab bins the training images use (ab_bins.AbPrior); `centres`: (Q, 2) their
+    network-scale ab; `weights`: (Q,) rebalancing weights (None: plain cross-entropy)."""
 
-    def __init__(self, centres, prior, lam=None, device='cpu'):
-        self.centres = centres.float().to(device)
-        self.prior = prior.double()
+    def __init__(self, prior, lam=None, device='cpu'):
+        self.ab_prior = prior
+        self.centres = prior.centres.to(device)
+        self.prior = prior.prior
         self.lam = lam
-        self.weights = None if lam is None else rebalancing_weights(self.prior, self.centres, lam).float().to(device)
-        self._centres_lab = self.centres * remedies.AB_SCALE
+        self.weights = None if lam is None else prior.weights(lam).float().to(device)
+        self._centres_lab = self.centres * AB_RANGE
         # For each grid cell, the bins of the WINDOW x WINDOW cells around it (row-major offsets),
         # and an infinite distance added where a cell holds no bin: a pixel's candidates are one lookup.
-        reach, side = WINDOW // 2, remedies.BINS
+        reach, side = WINDOW // 2, BINS
         cell_bins = torch.full((side + 2 * reach,) * 2, -1, dtype=torch.long)
-        cells = ((self._centres_lab.cpu() - remedies.AB_LOW) / remedies.BIN_SIZE).floor().long() + reach
+        cells = ((self._centres_lab.cpu() - AB_LOW) / BIN_SIZE).floor().long() + reach
         cell_bins[cells[:, 0], cells[:, 1]] = torch.arange(len(self.centres))
         windows = cell_bins.unfold(0, WINDOW, 1).unfold(1, WINDOW, 1).reshape(side * side, WINDOW * WINDOW)
         self._window_bins = windows.clamp(min=0).to(device)
         self._window_empty = torch.where(windows < 0, float('inf'), 0.0).to(device)
-        self._offsets = (torch.arange(-reach, reach + 1, dtype=torch.float32) * remedies.BIN_SIZE
-                         + remedies.BIN_SIZE / 2).to(device)  # a window cell's centre from its cell's corner
+        self._offsets = (torch.arange(-reach, reach + 1, dtype=torch.float32) * BIN_SIZE
+                         + BIN_SIZE / 2).to(device)  # a window cell's centre from its cell's corner
 
     @classmethod
     def from_training_set(cls, train_set, lam=None, device='cpu', seed=0, enhance=1.0):
-        """The bins of remedies' 26 x 26 grid over [-130, 130) that the training targets' ab use."""
-        counts = remedies.ab_histogram(remedies.training_ab(train_set, seed, enhance))
-        used = torch.nonzero(counts > 0).flatten()
-        ia, ib = used // remedies.BINS, used % remedies.BINS
-        centres_lab = torch.stack([ia, ib], dim=1).double() * remedies.BIN_SIZE + remedies.AB_LOW + remedies.BIN_SIZE / 2
-        return cls(centres_lab / remedies.AB_SCALE, counts[used] / counts.sum(), lam, device)
+        """The bins of ab_bins' 26 x 26 grid over [-130, 130) that the training targets' ab use."""
+        return cls(ab_bins.AbPrior.from_training_set(train_set, seed, enhance), lam, device)
 
     @classmethod
     def from_state(cls, state, lam=None, device='cpu'):
-        return cls(state['centres'], state['prior'], lam, device)
+        """The bins a checkpoint recorded (`state`), whatever data the run now sees."""
+        return cls(ab_bins.AbPrior.from_state(state), lam, device)
 
     def state(self):
-        """What a checkpoint records: the bins' centres and the prior."""
-        return {'centres': self.centres.cpu(), 'prior': self.prior.float()}
+        """What a checkpoint records: the bins' centres and the prior (ab_bins.AbPrior.state)."""
+        return self.ab_prior.state()
 
     def __len__(self):
         return len(self.centres)
@@ -69,10 +68,10 @@ class AbClasses:
         """(N, 2, H, W) network-scale ab -> (bins, weights), each (N*H*W, NEIGHBOURS): each
         pixel's nearest bins, nearest first, weighted by a Gaussian of SIGMA Lab units of the
         distance and normalized to sum to 1 (zero weight where fewer bins are near)."""
-        pixels = ab.float().permute(0, 2, 3, 1).reshape(-1, 2) * remedies.AB_SCALE - remedies.AB_LOW
-        cells = (pixels / remedies.BIN_SIZE).floor().clamp_(0, remedies.BINS - 1)
-        within = pixels - cells * remedies.BIN_SIZE  # the pixel from its cell's corner
-        cell = (cells[:, 0] * remedies.BINS + cells[:, 1]).long()
+        pixels = ab.float().permute(0, 2, 3, 1).reshape(-1, 2) * AB_RANGE - AB_LOW
+        cells = (pixels / BIN_SIZE).floor().clamp_(0, BINS - 1)
+        within = pixels - cells * BIN_SIZE  # the pixel from its cell's corner
+        cell = (cells[:, 0] * BINS + cells[:, 1]).long()
         # squared distances to the window's cell centres: separable in a and b
         da, db = (self._offsets - within[:, :1]) ** 2, (self._offsets - within[:, 1:]) ** 2
         squared = (da[:, :, None] + db[:, None, :]).reshape(len(pixels), -1) + self._window_empty[cell]
@@ -98,18 +97,3 @@ class AbClasses:
             per_pixel = per_pixel * self.weights[bins[:, 0]]
         return per_pixel.mean()
 
-
-def smoothed_prior(prior, centres, sigma=SIGMA):
-    """The prior convolved with a Gaussian of `sigma` Lab units over the bins, summing to 1."""
-    lab = centres.double() * remedies.AB_SCALE
-    kernel = torch.exp(-torch.cdist(lab, lab) ** 2 / (2 * sigma ** 2))
-    smoothed = kernel @ prior.double()
-    return smoothed / smoothed.sum()
-
-
-def rebalancing_weights(prior, centres, lam):
-    """Zhang et al.'s w ~ ((1 - lam) p~ + lam / Q)^-1 over the Q bins, p~ the smoothed prior,
-    scaled so that the mean weight under p~ is 1: rare colours weigh more."""
-    smoothed = smoothed_prior(prior, centres)
-    weights = 1.0 / ((1.0 - lam) * smoothed + lam / len(prior))
-    return weights / (smoothed * weights).sum()

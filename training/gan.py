@@ -323,6 +323,8 @@ class ColorizationGAN:
                  'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else {}}
         if self.ab_classes is not None:
             state['ab_classes'] = self.ab_classes.state()
+        if self.pixel_weights is not None:
+            state['rebalance_prior'] = self.pixel_weights.ab_prior.state()
         return state
 
     def load_state_dict(self, ckpt):

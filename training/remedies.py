@@ -5,7 +5,8 @@ Chosen from the field's cheap remedies because each is one local change
 loss), needs no pretrained network and no extra pass of either network:
 - `enhance_colors`: DDColor's colour-enhanced targets (`color_enhance_factor: 1.2`);
 - `RebalanceWeights`: Zhang, Isola and Efros (2016), per-pixel weights from the inverse of the
-  training set's smoothed ab frequency, mixed with uniform by lambda (their 1/2);
+  training set's smoothed ab frequency, mixed with uniform by lambda (their 1/2), as
+  training/ab_bins.py computes them for the distribution head too;
 - `colorfulness_of_images` with a threshold: BigColor drops training images whose colourfulness
   is below 15 (about 10% of its data);
 - `hinge_d_loss`, `hinge_g_loss`: BigColor's adversarial loss.
@@ -15,16 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from metrics import scores
+from training import ab_bins
 
-# ab histogram (Lab units, network scale x 127): bins of 10 as Zhang et al.'s, over [-130, 130)
-# so that OpenCV's whole float range (about +-127) falls inside; values outside go to the edge bins.
-AB_SCALE = 127.0
-BIN_SIZE = 10.0
-AB_LOW = -130.0
-BINS = 26
-SMOOTHING_SIGMA = 5.0  # Lab units, Zhang et al.'s
-# Images whose ab the rebalancing histogram counts on a data set that is not in memory (a folder).
-REBALANCE_SAMPLE = 10_000
 CHUNK = 2_000  # images per vectorized pass: bounds the temporary memory on CIFAR-10's 50,000
 
 
@@ -38,84 +31,20 @@ def enhance_colors(lab, factor):
 
 # ---------------------------------------------------------------- rebalancing
 
-def ab_bins(ab):
-    """The flat histogram bin (0 .. BINS**2 - 1) of each pixel of network-scale ab, any shape
-    with a and b in its last axis or given as two tensors (see ab_bins_of)."""
-    a, b = ab[..., 0], ab[..., 1]
-    return ab_bins_of(a, b)
-
-
-def ab_bins_of(a, b):
-    ia = ((a * AB_SCALE - AB_LOW) / BIN_SIZE).floor().clamp_(0, BINS - 1).long()
-    ib = ((b * AB_SCALE - AB_LOW) / BIN_SIZE).floor().clamp_(0, BINS - 1).long()
-    return ia * BINS + ib
-
-
-def ab_histogram(ab_chunks):
-    """Pixel counts per ab bin (BINS * BINS,) over an iterable of (..., 2) network-scale ab tensors."""
-    counts = torch.zeros(BINS * BINS, dtype=torch.float64)
-    for ab in ab_chunks:
-        counts += torch.bincount(ab_bins(ab.float()).reshape(-1).cpu(), minlength=BINS * BINS).double()
-    return counts
-
-
-def gaussian_smooth(grid, sigma_bins):
-    """A (BINS, BINS) grid convolved with a normalized 2-D Gaussian (zero beyond the edges)."""
-    radius = max(1, int(np.ceil(4 * sigma_bins)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (x / sigma_bins) ** 2)
-    kernel = kernel / kernel.sum()
-    g = grid[None, None]
-    g = F.conv2d(g, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    g = F.conv2d(g, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-    return g[0, 0]
-
-
-def rebalance_table(counts, lam, sigma=SMOOTHING_SIGMA):
-    """Zhang et al.'s weights per ab bin: w ~ ((1 - lam) p~ + lam / Q)^-1, p~ the pixel share of
-    each bin smoothed by a Gaussian of `sigma` Lab units, Q the number of occupied bins; scaled
-    so that the mean weight over the counted pixels is 1 (sum over bins of p w = 1)."""
-    counts = counts.double()
-    p = counts / counts.sum()
-    smoothed = gaussian_smooth(p.view(BINS, BINS), sigma / BIN_SIZE).reshape(-1)
-    occupied = int((counts > 0).sum())
-    weights = 1.0 / ((1.0 - lam) * smoothed + lam / occupied)
-    return weights / (p * weights).sum()
-
-
-def training_ab(train_set, seed=0, enhance=1.0):
-    """The training targets' ab, in chunks of (..., 2) tensors: every image of a data set held in
-    memory (CIFAR-10), else up to REBALANCE_SAMPLE images of a folder in a fixed random order;
-    colour-enhanced as the step will see them."""
-    if hasattr(train_set, 'lab'):
-        for first in range(0, len(train_set), CHUNK):
-            ab = train_set.lab[first:first + CHUNK, ..., 1:]
-            yield (ab * enhance).clamp(-1, 1) if enhance != 1 else ab
-        return
-    seen = 0
-    order = torch.Generator().manual_seed(seed)
-    for _, lab in train_set.batches(256, shuffle=True, generator=order):
-        if enhance != 1:
-            lab = enhance_colors(lab, enhance)
-        yield lab[:, 1:].permute(0, 2, 3, 1)
-        seen += len(lab)
-        if seen >= REBALANCE_SAMPLE:
-            break
-
-
 class RebalanceWeights:
-    """Per-pixel L1 weights from a table over ab bins: `weights(ab)` of an (N, 2, H, W) network-
-    scale ab target is (N, 1, H, W), looked up by each true pixel's bin."""
+    """Per-pixel L1 weights: `weights(ab)` of an (N, 2, H, W) network-scale ab target is
+    (N, 1, H, W), Zhang et al.'s weight (training/ab_bins.py) of each true pixel's bin."""
 
-    def __init__(self, table, device='cpu'):
-        self.table = table.float().to(device)
+    def __init__(self, prior, lam, device='cpu'):
+        self.ab_prior = prior
+        self.table = prior.grid_weights(lam).float().to(device)
 
     @classmethod
     def from_training_set(cls, train_set, lam, device='cpu', seed=0, enhance=1.0):
-        return cls(rebalance_table(ab_histogram(training_ab(train_set, seed, enhance)), lam), device)
+        return cls(ab_bins.AbPrior.from_training_set(train_set, seed, enhance), lam, device)
 
     def __call__(self, ab):
-        return self.table[ab_bins_of(ab[:, 0:1].float(), ab[:, 1:2].float())]
+        return self.table[ab_bins.cell_of(ab[:, 0:1].float(), ab[:, 1:2].float())]
 
 
 # ---------------------------------------------------------------- the colourfulness filter

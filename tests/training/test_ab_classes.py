@@ -13,7 +13,7 @@ import models
 from conftest import command_line, run_in_process, run_train, train_command
 from dataset import LabImages
 from storage import checkpoints
-from training import ab_classes, remedies
+from training import ab_bins, ab_classes
 from training.ab_classes import AbClasses
 
 test_cli, colorize_cli, export_cli = command_line('test'), command_line('colorize'), command_line('export')
@@ -26,11 +26,11 @@ def classes_of(n=64, seed=5):
 
 def test_the_bins_are_those_the_training_images_use_and_the_prior_is_their_share():
     classes, images = classes_of()
-    ab_lab = images.lab[..., 1:].reshape(-1, 2) * remedies.AB_SCALE
-    cells = {tuple(c) for c in ((ab_lab - remedies.AB_LOW) // remedies.BIN_SIZE).long().tolist()}
-    centres_lab = classes.centres.double() * remedies.AB_SCALE
+    ab_lab = images.lab[..., 1:].reshape(-1, 2) * 127.0
+    cells = {tuple(c) for c in ((ab_lab - ab_bins.AB_LOW) // ab_bins.BIN_SIZE).long().tolist()}
+    centres_lab = classes.centres.double() * 127.0
     assert len(classes) == len(cells)
-    assert {tuple(c) for c in ((centres_lab - remedies.AB_LOW) // remedies.BIN_SIZE).long().tolist()} == cells
+    assert {tuple(c) for c in ((centres_lab - ab_bins.AB_LOW) // ab_bins.BIN_SIZE).long().tolist()} == cells
     assert torch.allclose(centres_lab % 10, torch.full_like(centres_lab, 5.0))  # centres of bins of 10
     assert float(classes.prior.sum()) == pytest.approx(1.0) and (classes.prior > 0).all()
 
@@ -42,12 +42,12 @@ def test_the_soft_encoding_sums_to_one_and_puts_its_mass_on_the_nearest_bins():
     assert targets.shape == (4, len(classes), 8, 8)
     assert torch.allclose(targets.sum(dim=1), torch.ones(4, 8, 8))
     assert ((targets > 0).sum(dim=1) == ab_classes.NEIGHBOURS).all()
-    pixel = ab[0, :, 3, 5] * remedies.AB_SCALE
-    distances = (classes.centres * remedies.AB_SCALE - pixel).norm(dim=1)
+    pixel = ab[0, :, 3, 5] * 127.0
+    distances = (classes.centres * 127.0 - pixel).norm(dim=1)
     weights = targets[0, :, 3, 5]
     nearest = distances.argsort()[:ab_classes.NEIGHBOURS]
     assert set(torch.nonzero(weights).flatten().tolist()) == set(nearest.tolist())
-    expected = torch.exp(-distances[nearest] ** 2 / (2 * ab_classes.SIGMA ** 2))
+    expected = torch.exp(-distances[nearest] ** 2 / (2 * ab_bins.SIGMA ** 2))
     assert torch.allclose(weights[nearest], expected / expected.sum(), atol=1e-6)
     assert weights.argmax() == distances.argmin()
 
@@ -65,11 +65,11 @@ def test_the_annealed_mean_is_the_expectation_at_one_and_the_likeliest_bin_as_th
 
 def test_the_rebalancing_weights_average_one_under_the_smoothed_prior_and_favour_rare_colours():
     classes, _ = classes_of()
-    smoothed = ab_classes.smoothed_prior(classes.prior, classes.centres)
-    weights = ab_classes.rebalancing_weights(classes.prior, classes.centres, 0.5)
+    smoothed = ab_bins.smoothed_prior(classes.prior, classes.centres)
+    weights = ab_bins.rebalancing_weights(classes.prior, classes.centres, 0.5)
     assert float((smoothed * weights).sum()) == pytest.approx(1.0)
     assert weights[smoothed.argmin()] == weights.max() and weights[smoothed.argmax()] == weights.min()
-    flat = ab_classes.rebalancing_weights(classes.prior, classes.centres, 1.0)
+    flat = ab_bins.rebalancing_weights(classes.prior, classes.centres, 1.0)
     assert torch.allclose(flat, torch.ones_like(flat), atol=1e-9)  # lambda 1: every colour alike
 
 
@@ -80,7 +80,7 @@ def test_the_cross_entropy_is_the_soft_targets_against_the_log_softmax_weighted_
     targets = classes.soft_targets(ab)
     by_hand = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
     assert classes.cross_entropy(logits, ab).item() == pytest.approx(by_hand.mean().item(), rel=1e-5)
-    weighted = AbClasses(classes.centres, classes.prior, lam=0.5)
+    weighted = AbClasses(classes.ab_prior, lam=0.5)
     w = weighted.weights[targets.argmax(dim=1)]
     assert weighted.cross_entropy(logits, ab).item() == pytest.approx((by_hand * w).mean().item(), rel=1e-5)
 

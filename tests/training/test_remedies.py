@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import remedies
+from training import ab_bins, remedies
 from metrics import scores
 from conftest import lab_batch, run_train, smooth_images, train_command
 from dataset import LabImages
@@ -50,14 +50,17 @@ def two_colour_set(common=0.9):
     return InMemory(lab), rare
 
 
-def test_rebalancing_weights_average_to_one_over_the_training_pixels_and_favour_rare_colours():
+def test_rebalancing_weights_average_one_under_the_smoothed_prior_and_favour_rare_colours():
     train_set, rare = two_colour_set()
     w = remedies.RebalanceWeights.from_training_set(train_set, 0.5)
     ab = train_set.lab[..., 1:].permute(0, 3, 1, 2)
     pixel_weights = w(ab)
     assert pixel_weights.shape == (100, 1, 4, 4)
+    smoothed = ab_bins.smoothed_prior(w.ab_prior.prior, w.ab_prior.centres)
+    assert float((smoothed * w.table[w.ab_prior.grid_cells()].double()).sum()) == pytest.approx(1.0, abs=1e-6)
+    # two colours 100 Lab units apart, which the smoothing leaves apart: the pixels' mean weight is
+    # 1 too, and with lambda = 1/2 the rare one weighs 1.8 times as much, both sides of 1
     assert pixel_weights.double().mean().item() == pytest.approx(1.0, abs=1e-6)
-    # with lambda = 1/2 and two colours, 1.8 times as much weight on the rare one, both sides of 1
     assert pixel_weights[:, 0][rare].min() > 1.5 > 1 > pixel_weights[:, 0][~rare].max()
 
 
@@ -65,18 +68,6 @@ def test_rebalancing_with_lambda_one_weights_every_colour_alike():
     train_set, _ = two_colour_set()
     w = remedies.RebalanceWeights.from_training_set(train_set, 1.0)
     assert torch.allclose(w(train_set.lab[..., 1:].permute(0, 3, 1, 2)), torch.ones(100, 1, 4, 4))
-
-
-def test_the_histogram_has_bins_of_ten_lab_units_smoothed_with_sigma_five():
-    ab = torch.tensor([[0.0, 0.0], [9.9 / 127, 0.0], [10.1 / 127, 0.0], [-1.0, 1.0]])
-    bins = remedies.ab_bins(ab).tolist()
-    assert bins[0] == bins[1] and bins[2] == bins[0] + remedies.BINS  # a in the next bin of 10
-    assert bins[3] == 0 * remedies.BINS + remedies.BINS - 1  # a = -127, b = 127: the corner bins
-    one = torch.zeros(remedies.BINS, remedies.BINS, dtype=torch.float64)
-    one[13, 13] = 1
-    smoothed = remedies.gaussian_smooth(one, 0.5)
-    assert smoothed.sum().item() == pytest.approx(1.0) and smoothed[13, 14] / smoothed[13, 13] == pytest.approx(
-        np.exp(-0.5 / 0.25))
 
 
 def test_the_rebalanced_l1_weights_the_total_but_reports_the_plain_l1():
