@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 import dataset
-import models
 import utils
 from core import pictures
 from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, add_decoding_flags, number_in,
                       run_cli)
+from metrics import decoding
 from storage import checkpoints
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -308,8 +308,10 @@ def main(argv=None):
 
     def training_images(run_args):
         return dataset.open_split(run_args.get('dataset', 'cifar10'), args.data_path, True, run_args['image_size'])
-    G, _ = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
-    models.set_decoding(G, args.temperature, args.blend)
+    G, run_args = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
+    used = decoding.in_use(G, run_args, args.temperature, args.blend)
+    if used:
+        print(f"decoding at {decoding.describe(used)}: {used['source']}")
     utils.check_writable_folder(args.output, '--output')
 
     failed = 0

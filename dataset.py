@@ -174,10 +174,11 @@ def load_split(data_path, train, download=True):
 
 
 def open_splits(args, procs, pin_memory=False):
-    """(training set, test set) of a run's flags (--dataset, --data_path, --image_size,
-    --num_workers, --holdout: the training set without its last N images); the test set on the
-    first process only, which alone validates. The first process on each machine downloads
-    CIFAR-10 if needed while the others wait."""
+    """(training set, test set, held-out images) of a run's flags (--dataset, --data_path,
+    --image_size, --num_workers, --holdout: the training set without its last N images, which are
+    the held-out ones, else None); the test set and the held-out images on the first process
+    only, which alone validates and chooses a decoding. The first process on each machine
+    downloads CIFAR-10 if needed while the others wait."""
     if args.dataset == 'folder':
         def split(train):
             return open_split('folder', args.data_path, train, args.image_size, args.num_workers, pin_memory)
@@ -189,15 +190,17 @@ def open_splits(args, procs, pin_memory=False):
         test_set = load_split(args.data_path, train=False) if procs.is_main else None
         if procs.local_rank == 0:
             procs.barrier()
+    held_out = None
     if getattr(args, 'holdout', 0):
-        train_set, _ = split_holdout(train_set, args.holdout)
+        train_set, held_out = split_holdout(train_set, args.holdout)
+        held_out = held_out if procs.is_main else None
         print(f"--holdout {args.holdout}: training on the first {len(train_set)} training images, "
               f"the last {args.holdout} kept out for test.py --split holdout")
     last_batch = len(train_set) % args.batch_size
     if 0 < last_batch < procs.world_size:
         raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
                         f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
-    return train_set, test_set
+    return train_set, test_set, held_out
 
 
 def split_holdout(train_set, holdout):

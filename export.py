@@ -69,7 +69,8 @@ def main(argv=None):
     if args.folder:
         utils.check_writable_folder(args.folder, '--folder')
     checkpoints.save_generator_weights(out, G.state_dict(), config, ckpt.get('epoch'), ckpt.get('step'),
-                                       run_args.get('seed', 0), exact, run_args.get('holdout', 0))
+                                       run_args.get('seed', 0), exact, run_args.get('holdout', 0),
+                                       run_args.get('decoding'))
     if args.folder:
         card_config = modelcard.folder_config(config, run_args, ckpt)
         utils.write_json(os.path.join(args.folder, 'config.json'), card_config)

@@ -139,8 +139,19 @@ class ColourDistributionHead(nn.Module):
         regressed = None
         if self.regression is not None:
             regressed = self.regression(x)
-            ab = self.blend * regressed.float() + (1 - self.blend) * ab
+            ab = blended(regressed, ab, self.blend)
         return (ab, logits, regressed) if with_logits else ab
+
+    def decode(self, logits, regressed=None, temperature=None, blend=None):
+        """The ab that `logits` (and the regression's `regressed`, with both heads) decode to at
+        `temperature` and `blend` (this head's own where None): one pass, several decodings."""
+        ab = annealed_mean(logits, self.centres, self.temperature if temperature is None else temperature)
+        return ab if regressed is None else blended(regressed, ab, self.blend if blend is None else blend)
+
+
+def blended(regressed, distribution_ab, blend):
+    """`both`'s decoding: the regression's ab weighted by `blend`, the distribution's by 1 - blend."""
+    return blend * regressed.float() + (1 - blend) * distribution_ab
 
 
 class ClassContext(nn.Module):

@@ -18,13 +18,12 @@ import torch
 from tqdm import tqdm
 
 import dataset
-import models
 import utils
 from core import pictures
 from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, add_decoding_flags, number_in,
                       run_cli)
-from metrics import classifier, fid, frontier
-from metrics.scores import ColorizationScores
+from metrics import classifier, decoding, fid, frontier
+from metrics.evaluation import Evaluation
 from storage import checkpoints, provenance, published
 
 GRID_ROWS = 14
@@ -276,10 +275,13 @@ def load_generators(args, compute):
     generators = [G for G, _ in loaded]
     def each(values):
         return [None] * len(generators) if not values else values * len(generators) if len(values) == 1 else values
-    for G, temperature, blend in zip(generators, each(args.temperature), each(args.blend)):
+    decodings = {}
+    for label, (G, run_args), temperature, blend in zip(labels, loaded, each(args.temperature), each(args.blend)):
         checkpoints.set_dropout(G, args.keep_dropout)
-        models.set_decoding(G, temperature, blend)
-    return generators, labels, sizes.pop(), [run_args.get('holdout', 0) for _, run_args in loaded]
+        used = decoding.in_use(G, run_args, temperature, blend)
+        if used:
+            decodings[label] = used
+    return generators, labels, sizes.pop(), [run_args.get('holdout', 0) for _, run_args in loaded], decodings
 
 
 def images_to_score(args, image_size, holdouts, pin_memory):
@@ -298,75 +300,46 @@ def images_to_score(args, image_size, holdouts, pin_memory):
 
 
 class Scoring:
-    """The scores of every generator and the baseline, overall and per class, and the pictures
-    the grids and --pick draw from, gathered batch by batch. `judge`: a classifier.ClassifierScores
-    that also sees the true colours, the grey images and each colorization (or None); `keep_sets`:
-    keep every set's images for FID."""
+    """The scores of every generator and the baseline, overall and per class (metrics/evaluation.py,
+    as train.py's validation scores), and the pictures the grids and --pick draw from, gathered
+    batch by batch. `judge`: a classifier.ClassifierScores that also sees the true colours, the
+    grey images and each colorization (or None); `keep_sets`: keep every set's images for FID."""
 
     def __init__(self, labels, class_names, n_grid_images, keep_every_image, judge=None, keep_sets=False):
         self.labels = labels
-        self.class_names = class_names
-        self.scores = {label: ColorizationScores() for label in [BASELINE] + labels}
-        self.class_scores = {label: {name: ColorizationScores() for name in class_names}
-                             for label in [BASELINE] + labels}
+        self.evaluation = Evaluation(class_names, judge, per_class=True)
         self.n_grid_images = n_grid_images
         self.columns = []  # per image drawn: original, grayscale, then one per generator
         self.keep_every_image = keep_every_image  # for --pick: each image's mean |ab error|, and its pictures
         self.image_errors = {label: [] for label in labels}
         self.every_column = []
-        self.judge = judge
         self.sets = {label: [] for label in [TRUTH, BASELINE] + labels} if keep_sets else None
 
     def add(self, lab, truth, classes, predictions_ab):
         """`predictions_ab`: each generator's predicted ab for the batch, in label order."""
         L, ab = lab[:, :1], lab[:, 1:]
-        # (class name, members as a numpy mask for pictures, as a tensor mask for ab), once per batch
-        groups = [(self.class_names[c], classes == c, torch.from_numpy(classes == c).to(lab.device))
-                  for c in np.unique(classes) if c >= 0]
         gray = pictures.network_to_rgb(L, torch.zeros_like(ab))
-        self._keep(TRUTH, truth, classes)
-        predictions = []
-        for label, fake_ab in [(BASELINE, None)] + list(zip(self.labels, predictions_ab)):
-            if fake_ab is None:
-                fake_ab, rgb = torch.zeros_like(ab), gray
-            else:
-                rgb = pictures.network_to_rgb(L, fake_ab)
-                predictions.append(rgb)
-                if self.keep_every_image:
-                    self.image_errors[label].append((fake_ab - ab).abs().mean(dim=(1, 2, 3)).cpu().numpy())
-            self.scores[label].add(fake_ab, ab, rgb, truth)
-            for name, members, picked in groups:
-                self.class_scores[label][name].add(fake_ab[picked], ab[picked], rgb[members], truth[members])
-            self._keep(label, rgb, classes)
+        colorizations = {BASELINE: (torch.zeros_like(ab), gray)}
+        for label, fake_ab in zip(self.labels, predictions_ab):
+            colorizations[label] = fake_ab, pictures.network_to_rgb(L, fake_ab)
+            if self.keep_every_image:
+                self.image_errors[label].append((fake_ab - ab).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+        self.evaluation.add(lab, truth, classes, colorizations)
+        if self.sets is not None:
+            for label, rgb in [(TRUTH, truth)] + [(label, rgb) for label, (_, rgb) in colorizations.items()]:
+                self.sets[label].append(rgb)
+        predictions = [colorizations[label][1] for label in self.labels]
         for i in range(min(len(truth), self.n_grid_images - len(self.columns))):
             self.columns.append(np.stack([truth[i], gray[i]] + [p[i] for p in predictions]))
         if self.keep_every_image:
             self.every_column.append(np.stack([truth, gray] + predictions, axis=1))
 
-    def _keep(self, label, rgb, classes):
-        if self.judge is not None:
-            self.judge.add(label, rgb, classes)
-        if self.sets is not None:
-            self.sets[label].append(rgb)
-
     def results(self):
         """({row: scores}, {row: {class name: scores}}) for the baseline, each generator and the
         ground truth (the truth's row holds what applies to it: colourfulness, and the
         classifier's scores)."""
-        results = {label: s.result() for label, s in self.scores.items()}
-        per_class = {label: {name: s.result() for name, s in by_class.items() if s.images}
-                     for label, by_class in self.class_scores.items()}
-        truth = {'colorfulness': results[BASELINE]['truth_colorfulness'], 'colorfulness_gap': 0.0}
-        results[TRUTH] = dict(truth, images=results[BASELINE]['images'])
-        per_class[TRUTH] = {name: {'colorfulness': r['truth_colorfulness'], 'colorfulness_gap': 0.0}
-                            for name, r in per_class[BASELINE].items()}
-        if self.judge is not None:
-            for label in results:
-                overall, by_class = self.judge.result(label)
-                results[label].update(overall)
-                for c, scores in by_class.items():
-                    if self.class_names[c] in per_class[label]:
-                        per_class[label][self.class_names[c]].update(scores)
+        results, per_class = self.evaluation.results()
+        results[TRUTH], per_class[TRUTH] = self.evaluation.truth_results()
         return results, per_class
 
     def add_fid(self, results, weights_path, device):
@@ -406,7 +379,7 @@ def main(argv=None):
     args = parse_args(argv)
     compute = Compute.from_flags(args)
     fid_weights = fid.weights_file(args.fid_weights) if args.fid else None  # offline and missing: fail before the work
-    generators, labels, image_size, holdouts = load_generators(args, compute)
+    generators, labels, image_size, holdouts, decodings = load_generators(args, compute)
     dialled = len(args.chroma_gain) > 1  # every generator at every gain, each a row of its own
     generator_labels, gains = labels, args.chroma_gain
     if dialled:
@@ -431,6 +404,7 @@ def main(argv=None):
     if args.fid:
         scoring.add_fid(results, fid_weights, compute.device)
     notes = [judge_note] if judge_note else []
+    notes += [f"{label} decodes at {decoding.describe(used)}: {used['source']}" for label, used in decodings.items()]
     print(format_table(results))
     for note in notes:
         print(note)
@@ -457,6 +431,8 @@ def main(argv=None):
         metrics['picks'], metrics['pick_rule'] = picks, PICK_RULE
     if gains != [1.0]:
         metrics['chroma_gain'] = gains
+    if decodings:  # how each distribution head decoded, and where that came from
+        metrics['decoding'] = decodings
     if dialled:
         curves = frontier.curves_of(results, generator_labels, gains)
         table = frontier.frontier_table(curves, truth_colorfulness)

@@ -21,7 +21,8 @@ import dataset
 import utils
 from core import pictures
 from core.cli import Compute, UserError, pick_device, run_cli
-from metrics import classifier, curves, scores
+from metrics import classifier, curves, decoding
+from metrics.evaluation import Evaluation
 from storage import checkpoints, provenance
 from training import distributed, remedies
 from training.gan import STAT_NAMES, ColorizationGAN, summarize
@@ -54,6 +55,8 @@ class Run:
     last_logged: float = 0.0  # when the last --log_steps row was written, for images/s
     judge: object = None  # classifier.ClassifierScores of the test set, or None where it does not apply
     judge_bounds: dict = None  # its scores of the true and the grey validation images, judged once
+    held_out: object = None  # a distribution head's run with --holdout: the images its decoding is chosen on
+    held_out_judge: object = None  # the scoring classifier's scores of those, or None
 
     @property
     def log_path(self):
@@ -121,8 +124,8 @@ def set_up(args, compute, procs):
         # the head's bins are the training images' colours, the class context's size their classes: the data first
         with timed(spent, 'data'):
             data = open_data(args, procs, compute, AbPrior.saved_in(ckpt))
-    gan = ColorizationGAN(args, compute, procs, ab_classes=data[2] if data else None,
-                          n_classes=count_classes(data[0], args) if args.class_loss else 0)
+    gan = ColorizationGAN(args, compute, procs, ab_classes=data.ab_classes if data else None,
+                          n_classes=count_classes(data.train_set, args) if args.class_loss else 0)
     if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
         torch.manual_seed(distributed.process_seed(args.seed, procs.rank, 0))
     first_epoch, first_batch, step, saved_forms = args.start_epoch, 0, 0, None
@@ -142,9 +145,9 @@ def set_up(args, compute, procs):
         layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
-        train_set, test_set, _, gan.pixel_weights = data or open_data(args, procs, compute,
-                                                                      AbPrior.saved_in(ckpt))
+        data = data or open_data(args, procs, compute, AbPrior.saved_in(ckpt))
     del ckpt
+    train_set, test_set, gan.pixel_weights = data.train_set, data.test_set, data.pixel_weights
     if procs.is_main:
         utils.write_json(os.path.join(args.save_path, 'args.json'),
                          dict(run_info, layer_forms=layer_forms, provenance=made_by))
@@ -158,19 +161,30 @@ def set_up(args, compute, procs):
     tensorboard = TensorBoardLog(os.path.join(args.save_path, 'tensorboard'),
                                  enabled=args.tensorboard == 'on' and procs.is_main,
                                  resume_step=step if resume_path else None)
+    # the scoring classifier is loaded before the first step, so that a missing file stops the run at once
+    judge = classifier.judge_for(args.classifier, test_set.class_names, args.image_size,
+                                 compute.device)[0] if procs.is_main else None
+    held_out = data.held_out if gan.ab_classes is not None else None  # where a decoding is chosen
     return Run(args, compute, procs, gan, train_set, test_set, layer_forms, tensorboard, made_by, first_epoch,
-               first_batch, step, first_step=step, spent=spent, last_logged=time.time(),
-               # the scoring classifier is loaded before the first step, so that a missing file stops the run at once
-               judge=classifier.judge_for(args.classifier, test_set.class_names, args.image_size,
-                                          compute.device)[0] if procs.is_main else None)
+               first_batch, step, first_step=step, spent=spent, last_logged=time.time(), judge=judge,
+               held_out=held_out, held_out_judge=None if held_out is None or judge is None else
+               classifier.ClassifierScores(judge.model, model_metadata=judge.model_metadata))
+
+
+@dataclasses.dataclass
+class RunData:
+    """A run's images and what it counts of them before its first step."""
+    train_set: object  # with the remedies applied
+    test_set: object  # the first process's only
+    held_out: object  # the training images --holdout keeps out (first process), or None
+    ab_classes: AbClasses = None  # --ab_head classify or both: the training images' ab bins
+    pixel_weights: object = None  # --rebalance with the regression head: the L1's pixel weights
 
 
 def open_data(args, procs, compute, saved_prior=None):
-    """(training set with the remedies applied, test set, the training images' ab bins where
-    --ab_head is classify or both, else None, the L1's pixel weights under --rebalance with the
-    regression head, else None). `saved_prior`: the ab bins and prior a resumed run's checkpoint
+    """The run's RunData. `saved_prior`: the ab bins and prior a resumed run's checkpoint
     recorded (ab_bins.AbPrior), which it keeps whatever data it now sees."""
-    train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
+    train_set, test_set, held_out = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
     train_set, pixel_weights = apply_remedies(args, procs, compute, train_set, saved_prior)
     ab_classes = None
     if args.ab_head != 'regress':
@@ -179,7 +193,7 @@ def open_data(args, procs, compute, saved_prior=None):
         print(f"--ab_head {args.ab_head}: {len(ab_classes)} ab bins of 10 in the training images"
               + (' (as the checkpoint recorded them)' if saved_prior else '')
               + (f", the cross-entropy rebalanced with lambda {args.rebalance:g}" if args.rebalance is not None else ''))
-    return train_set, test_set, ab_classes, pixel_weights
+    return RunData(train_set, test_set, held_out, ab_classes, pixel_weights)
 
 
 def count_classes(train_set, args):
@@ -363,7 +377,7 @@ def log_steps(run, epoch, since_logged):
         run.tensorboard.scalars(run.step, rates, 'speed')
 
 
-def save(run, path, epoch, batches_done, G_eval=None, rng_states=None):
+def save(run, path, epoch, batches_done, G_eval=None, rng_states=None, choice=None):
     """Write a training checkpoint (on the first process; every process takes part in gathering
     the random states, unless they were gathered already)."""
     rng_states = rng_states or run.procs.gather(distributed.random_states(run.compute.device))
@@ -371,7 +385,7 @@ def save(run, path, epoch, batches_done, G_eval=None, rng_states=None):
         with timed(run.spent, 'checkpoints'):
             checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
                 run.gan, epoch, batches_done, run.step, run.args, [cpu for cpu, _ in rng_states], run.layer_forms,
-                G_eval, run.provenance, gpu_rng_states=[gpu for _, gpu in rng_states]))
+                G_eval, run.provenance, gpu_rng_states=[gpu for _, gpu in rng_states], decoding=choice))
 
 
 def save_interrupted(run, epoch, batches_done, n_batches):
@@ -396,6 +410,7 @@ def end_epoch(run, epoch, outcome, stopping):
     if procs.is_main:
         started = time.time()
         G_eval = run.gan.eval_generator(run.train_set)
+        choice = choose_decoding(run, G_eval, epoch) if run.held_out is not None else None
         val_sums, colour_scores, grid_rows = validate(run, G_eval)
         val_seconds = time.time() - started
         run.spent['validation'] += val_seconds
@@ -419,7 +434,7 @@ def end_epoch(run, epoch, outcome, stopping):
         run.spent['pictures and log'] += time.time() - started
         try:
             if (epoch + 1) % args.save_freq == 0 or stopping or epoch == args.max_epoch - 1:
-                save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path)
+                save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path, choice)
         finally:
             # Even when the save fails (a full disk): a drawing thread still running when Python
             # exits takes the process down with a C++ abort ("terminate called ...", exit 134).
@@ -441,19 +456,41 @@ def log_epoch_to_tensorboard(run, val_m, colour_scores, grid):
     run.last_logged = time.time()
 
 
-def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path):
+def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path, choice=None):
     """The generator alone, then the checkpoint: a run killed between the two redoes the epoch
     and writes both. A run stopped by --max_steps inside an epoch saves it as mid-epoch, so that
-    resuming continues it."""
+    resuming continues it. `choice`: the decoding G_eval decodes at (choose_decoding), which both record."""
     args = run.args
     done = outcome.batches_done if outcome.batches_done < outcome.n_batches else 0
     path = checkpoints.epoch_checkpoint_path(args.save_path, epoch)
     with timed(run.spent, 'checkpoints'):
         weights = checkpoints.save_generator_weights(
             checkpoints.generator_weights_path(args.save_path, epoch), G_eval.state_dict(),
-            checkpoints.generator_config(vars(args)), epoch, run.step, args.seed, holdout=args.holdout)
-    save(run, path, epoch, done, G_eval, rng_states)
+            checkpoints.generator_config(vars(args)), epoch, run.step, args.seed, holdout=args.holdout,
+            decoding=choice)
+    save(run, path, epoch, done, G_eval, rng_states, choice)
     print(f"saved {path}, {weights} and {grid_path}")
+
+
+def choose_decoding(run, G_eval, epoch):
+    """A distribution head's run with --holdout: its temperature (and blend) chosen on the
+    held-out training images by metrics/decoding.py's rule, set in G_eval, which validates and is
+    saved with it, and written to --save_path/decoding.json; returns the record (decoding.record)."""
+    args = run.args
+    started = time.time()
+    chosen, why, scored = decoding.choose_decoding(G_eval, run.held_out, run.compute.device, run.compute.autocast,
+                                                   run.held_out_judge)
+    record = decoding.record(chosen, why, scored, f"the last {args.holdout} training images (held out), "
+                                                  f"at the end of epoch {epoch}")
+    decoding.apply(G_eval, record)
+    utils.write_json(os.path.join(args.save_path, 'decoding.json'), dict(record, epoch=epoch, step=run.step))
+    run.spent['decoding'] += time.time() - started
+    blend = '' if chosen['blend'] is None else f", blend {chosen['blend']:g}"
+    judged = (f", semantic accuracy {100 * chosen['semantic_accuracy']:.1f}%" if 'semantic_accuracy' in chosen else '')
+    print(f"[epoch {epoch} decoding] temperature {chosen['temperature']:g}{blend} chosen on the {len(run.held_out)} "
+          f"held-out training images: ΔCF {chosen['colorfulness_gap']:.2f}{judged}, mean |ab error| "
+          f"{chosen['mean_ab_error']:.4f} ({why}; every setting in {args.save_path}/decoding.json)")
+    return record
 
 
 # The validation's colour scores, as log.csv's columns (blank in training rows)
@@ -463,14 +500,15 @@ COLOUR_COLUMNS = ('colorfulness', 'colorfulness_gap', 'semantic_accuracy', 'clas
 @torch.no_grad()
 def validate(run, G_eval):
     """Losses and accuracies over the test set (or its first --val_batches batches) in eval mode,
-    the colour scores of the recolored images (colourfulness and its gap to the truth's; with
-    the scoring classifier, semantic accuracy and classifier FD, and the same of the grey and the
-    true images, which are judged once and kept), and the sample grid rows of the first batch."""
+    the colour scores of the recolored images as test.py scores them (metrics/evaluation.py:
+    colourfulness and its gap to the truth's, the per-pixel measures; with the scoring
+    classifier, semantic accuracy and classifier FD, and the same of the grey and the true
+    images, which are judged once and kept), and the sample grid rows of the first batch."""
     args, test_set, judge = run.args, run.test_set, run.judge
     sums = torch.zeros(len(STAT_NAMES), device=run.compute.device)
-    colorfulness_sum = truth_colorfulness_sum = 0.0
-    images, grid_rows = 0, None
+    grid_rows = None
     judge_bounds = judge is not None and 'truth' not in judge.features
+    evaluation = Evaluation(test_set.class_names, judge, judge_truth=judge_bounds)
     total = min(test_set.num_batches(args.batch_size), args.val_batches or float('inf'))
     batches = test_set.batches(args.batch_size, device=run.compute.device, with_rgb=True)
     for i, (idx, lab, truth) in enumerate(tqdm(batches, total=total, desc='validate', leave=False, dynamic_ncols=True)):
@@ -481,25 +519,17 @@ def validate(run, G_eval):
         L = lab[:, :1]
         fake_rgb = pictures.network_to_rgb(L, fake_ab)
         gray = pictures.network_to_rgb(L, torch.zeros_like(fake_ab))
-        colorfulness_sum += float(scores.colorfulness(fake_rgb).sum())
-        truth_colorfulness_sum += float(scores.colorfulness(truth).sum())
-        images += len(fake_rgb)
-        if judge is not None:
-            classes = test_set.labels[idx.numpy()]
-            judge.add('colorized', fake_rgb, classes)
-            if judge_bounds:
-                judge.add('truth', truth, classes)
-                judge.add('grey', gray, classes)
+        colorizations = {'colorized': (fake_ab, fake_rgb)}
+        if judge_bounds:
+            colorizations['grey'] = torch.zeros_like(fake_ab), gray
+        evaluation.add(lab, truth, test_set.labels[idx.numpy()], colorizations)
         if grid_rows is None:
             grid_rows = [truth[:20], gray[:20], fake_rgb[:20]]
     report_skipped_files(test_set, 'validation', args.save_path)
-    colorfulness, truth_colorfulness = colorfulness_sum / max(images, 1), truth_colorfulness_sum / max(images, 1)
-    colour = {'colorfulness': colorfulness, 'colorfulness_gap': scores.colorfulness_gap(colorfulness, truth_colorfulness),
-              'truth_colorfulness': truth_colorfulness}
+    colour = evaluation.result('colorized')
     if judge is not None:
-        colour.update(judge.result('colorized')[0])
         if judge_bounds:
-            run.judge_bounds = {name: judge.result(name)[0] for name in ('truth', 'grey')}
+            run.judge_bounds = {'truth': judge.result('truth')[0], 'grey': judge.result('grey')[0]}
         colour['bounds'] = run.judge_bounds
         judge.forget('colorized')
     return sums, colour, grid_rows

@@ -70,17 +70,18 @@ def add_compute_flags(parser):
 
 def add_decoding_flags(parser, per_generator=False):
     """--temperature and --blend: how a generator with a colour-distribution head decodes
-    (train.py --ab_head classify or both); the file's own values where not given. With
+    (train.py --ab_head classify or both); the file's own values (its run's choice) where not given. With
     `per_generator`, each flag takes one value for every generator or one per generator (a list)."""
     each = ('; one value for all, or one per checkpoint in their order' if per_generator else '')
     parser.add_argument('--temperature', type=number_in(float, 0, None, low_open=True), default=None, metavar='T',
                         nargs='+' if per_generator else None,
                         help="for generators with a colour-distribution head: the annealed mean's temperature"
-                             f"{each} (default: the one each generator was trained with)")
+                             f"{each} (default: the one each generator's run chose on its held-out training "
+                             "images (train.py --holdout), else the one it trained with)")
     parser.add_argument('--blend', type=number_in(float, 0, 1), default=None, metavar='W',
                         nargs='+' if per_generator else None,
                         help="for generators with both heads: the regression's share of the decoded ab"
-                             f"{each} (default: the one each generator was trained with)")
+                             f"{each} (default: as --temperature's)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ room for it, so a full disk ends in one line and the previous checkpoint stays i
 import contextlib
 import errno
 import io
+import json
 import os
 import pickle
 import shutil
@@ -126,13 +127,14 @@ def clear_torn_writes(save_path):
 # ---------------------------------------------------------------- the training checkpoint
 
 def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_forms, G_eval=None,
-                        provenance=None, gpu_rng_states=None):
+                        provenance=None, gpu_rng_states=None, decoding=None):
     """Everything a resumed run needs, as one dict. `G_eval`: the generator just validated, with
     exact batch-norm statistics; without it (mid-epoch saves, Ctrl-C) the generator is the
     averaged weights with training's running statistics, which loading for use recomputes.
     `rng_states`: every process's random state, the first process's first; `provenance`: what made
     the run (provenance.py); `gpu_rng_states`: every process's GPU random state, in the same
-    order, where the run is on GPUs (saved as `rng_cuda`, a list even for one process)."""
+    order, where the run is on GPUs (saved as `rng_cuda`, a list even for one process);
+    `decoding`: the decoding chosen on the run's held-out images, which G_eval decodes at."""
     state = gan.state_dict()
     state.update({
         'generator': G_eval.state_dict() if G_eval is not None else gan.generator_with_running_statistics(),
@@ -141,6 +143,8 @@ def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_
         'rng': rng_states[0], 'rng_per_process': rng_states if len(rng_states) > 1 else None,
         'layer_forms': layer_forms, 'provenance': provenance,
     })
+    if decoding:
+        state['decoding'] = decoding
     if gpu_rng_states and all(t is not None for t in gpu_rng_states):
         state['rng_cuda'] = list(gpu_rng_states)
     return state
@@ -200,11 +204,13 @@ def build_generator(config, state=None):
                                   0 if classes is None else classes.shape[0])
 
 
-def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True, holdout=0):
+def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True, holdout=0,
+                           decoding=None):
     """Write the generator state dict `state` to `path` (.safetensors): tensors and a
     string-to-string header saying how to build the network around them (`config`, see
-    generator_config), where in its run it comes from, and how many training images the run
-    kept out (train.py --holdout, where it kept some)."""
+    generator_config), where in its run it comes from, how many training images the run
+    kept out (train.py --holdout, where it kept some), and the decoding its run chose on them
+    (`decoding`, metrics/decoding.record, as JSON; the tensors decode at it already)."""
     from safetensors.torch import save
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     metadata = {'format': 'pt', 'model': 'Nazeri et al. 2018 colorization generator (colorization-gan)',
@@ -213,6 +219,8 @@ def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, e
                 'exact_statistics': str(bool(exact_statistics)).lower()}
     if holdout:
         metadata['holdout'] = str(int(holdout))
+    if decoding:
+        metadata['decoding'] = json.dumps(decoding)
     write_whole(path, save(tensors, metadata=metadata), 'generator file')
     return path
 
@@ -230,6 +238,9 @@ def load_generator_weights(path):
                         f"export it again with export.py")
     if 'gen_norm' not in metadata:
         return state
+    decoding = None
+    with contextlib.suppress(KeyError, ValueError):
+        decoding = json.loads(metadata['decoding'])
 
     def number(key, kind, default=None):
         with contextlib.suppress(KeyError, ValueError):
@@ -240,7 +251,8 @@ def load_generator_weights(path):
             'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float, 0.0),
                      'seed': number('seed', int, 0), 'image_size': number('image_size', int, 32),
                      **{key: metadata[key] for key in ('dataset', 'data_path', 'ab_head') if key in metadata},
-                     **({'holdout': number('holdout', int, 0)} if 'holdout' in metadata else {})}}
+                     **({'holdout': number('holdout', int, 0)} if 'holdout' in metadata else {})},
+            **({'decoding': decoding} if isinstance(decoding, dict) else {})}
 
 
 def generator_state(ckpt, path):
@@ -267,7 +279,10 @@ def load_generator(path, device, ckpt=None):
         raise UserError(f"{path} is not a generator of this architecture (--image_size {config['image_size']}, "
                         f"--gen_norm {config['gen_norm']}): {first_line(e)}")
     run_args = ckpt.get('args') if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), dict) else {}
-    return G.to(device).eval(), exact, dict(run_args, **config)
+    found = dict(run_args, **config)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('decoding'), dict):
+        found['decoding'] = ckpt['decoding']  # the decoding the run chose; G's buffers hold it
+    return G.to(device).eval(), exact, found
 
 
 def generator_for_use(path, compute, training_images, ckpt=None):

@@ -24,6 +24,8 @@ def folder_config(generator_config, run_args, ckpt):
         'epoch': ckpt.get('epoch'), 'step': ckpt.get('step'), 'seed': run_args.get('seed', 0),
         'exact_statistics': ckpt.get('generator_exact_statistics', True),
         'provenance': ckpt.get('provenance'),
+        **({'decoding': {k: run_args['decoding'].get(k) for k in ('temperature', 'blend', 'source', 'rule')}}
+           if isinstance(run_args.get('decoding'), dict) else {}),
     }
 
 

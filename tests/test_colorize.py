@@ -276,3 +276,61 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_and_runs_none(w
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(evil) in lines[0] and 'could run code' in lines[0], lines
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_head_run_s_chosen_decoding_travels_to_colorize_test_and_export_without_a_flag(tiny_cifar, tmp_path):
+    """A distribution head's run with --holdout chooses its temperature on the held-out images;
+    its generator file paints at it in colorize.py with no --temperature, saying so in one line,
+    test.py reports it and where it came from, and export.py keeps it."""
+    import json
+
+    import export
+    import test as test_cli_module  # noqa: F401  (the project's test.py, see conftest)
+    from conftest import command_line, run_train, train_command
+    from storage.checkpoints import load_checkpoint
+    ck = str(tmp_path / 'ck')
+    r = run_train(train_command(tiny_cifar, ck, '--recipe', 'spectral', '--ab_head', 'classify', '--rebalance', '0.5',
+                                '--holdout', '16', '--max_steps', '3', '--val_batches', '1'))
+    assert r.returncode == 0, r.stderr
+    chosen = json.load(open(os.path.join(ck, 'decoding.json')))
+    assert [s['temperature'] for s in chosen['settings']] == [0.1, 0.2, 0.3, 0.38, 0.5, 0.7, 1.0]
+    assert chosen['source'].startswith('chosen on the last 16 training images (held out)')
+    assert re.search(rf"\[epoch 0 decoding\] temperature {chosen['temperature']:g} chosen on the 16 held-out", r.stdout)
+    generator = os.path.join(ck, 'generator_ep0.safetensors')
+    saved = load_checkpoint(generator)
+    assert saved['decoding']['temperature'] == chosen['temperature']
+    assert float(saved['generator']['final.temperature']) == pytest.approx(chosen['temperature'])
+    assert load_checkpoint(os.path.join(ck, 'checkpoint_ep0.pt'))['decoding']['temperature'] == chosen['temperature']
+
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(inputs / f'p{i}.png'), scene(48, 40, seed=i))
+
+    def painted(name, *flags):
+        r = run_in_process(colorize.main, [str(inputs), '--checkpoint', generator, '--output', str(tmp_path / name),
+                                           *FLAGS, *flags])
+        assert r.returncode == 0, r.stderr
+        return r.stdout, [cv2.imread(str(tmp_path / name / f'p{i}.png')) for i in range(2)]
+    said, by_itself = painted('auto')
+    lines = [line for line in said.splitlines() if line.startswith('decoding at')]
+    assert lines == [f"decoding at temperature {chosen['temperature']:g}: {chosen['source']}"]
+    _, by_flag = painted('flag', '--temperature', str(chosen['temperature']))
+    assert all(np.array_equal(a, b) for a, b in zip(by_itself, by_flag))
+    other = 1.0 if chosen['temperature'] != 1.0 else 0.1
+    said, elsewhere = painted('other', '--temperature', str(other))
+    assert not all(np.array_equal(a, b) for a, b in zip(by_itself, elsewhere))
+    assert f"decoding at temperature {other:g}: --temperature on the command line" in said
+
+    test_cli = command_line('test')
+    r = run_in_process(test_cli.main, ['--checkpoints', generator, '--labels', 'head', '--data_path', tiny_cifar,
+                                       '--save_path', str(tmp_path / 'test'), '--num_grids', '0', *FLAGS])
+    assert r.returncode == 0, r.stderr
+    used = json.load(open(tmp_path / 'test' / 'metrics.json'))['decoding']['head']
+    assert used == {'temperature': chosen['temperature'], 'blend': None, 'source': chosen['source']}
+    assert chosen['source'] in open(tmp_path / 'test' / 'index.html').read()
+
+    folder = str(tmp_path / 'shared')
+    assert run_in_process(export.main, [os.path.join(ck, 'checkpoint_ep0.pt'), '--folder', folder]).returncode == 0
+    assert json.load(open(os.path.join(folder, 'config.json')))['decoding']['temperature'] == chosen['temperature']
+    assert load_checkpoint(os.path.join(folder, 'model.safetensors'))['decoding'] == saved['decoding']

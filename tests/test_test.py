@@ -374,3 +374,21 @@ def test_test_py_scores_the_images_a_holdout_kept_out_of_training_and_refuses_a_
             '--labels', 'held', 'saw', '--split', 'holdout', '--save_path', str(tmp_path / 'no'), '--classifier', 'off')
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert 'held: 16, saw: 0' in r.stderr and 'train.py --holdout N' in r.stderr
+
+
+def test_train_py_s_validation_and_test_py_score_the_same_generator_and_images_alike(tiny_cifar, tmp_path):
+    """train.py's validation and test.py score through metrics/evaluation.py: for the epoch's
+    generator on the whole test set, log.csv's colour scores are test.py's, to the digits logged."""
+    import csv
+    ck = str(tmp_path / 'ck')
+    r = run_train(train_command(tiny_cifar, ck, '--max_steps', '2', '--precision', 'fp32'))
+    assert r.returncode == 0, r.stderr
+    row = [r for r in csv.DictReader(open(os.path.join(ck, 'log.csv'))) if r['phase'] == 'val'][-1]
+    out = str(tmp_path / 'test')
+    r = run('--checkpoints', os.path.join(ck, 'checkpoint_ep0.pt'), '--labels', 'run', '--data_path', tiny_cifar,
+            '--save_path', out, '--num_grids', '0', '--batch_size', '32', '--device', 'cpu', '--precision', 'fp32')
+    assert r.returncode == 0, r.stderr
+    scored = json.load(open(os.path.join(out, 'metrics.json')))['checkpoints']['run']
+    assert scored['images'] == 24
+    for key in ('colorfulness', 'colorfulness_gap', 'semantic_accuracy', 'classifier_fd'):
+        assert float(row[key]) == round(scored[key], 4), key

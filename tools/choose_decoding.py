@@ -7,10 +7,12 @@ both heads) on training images its run kept out, never on the test set.
 
 Each setting is scored by test.py on the held-out images (`test.py --split holdout`: the last N
 training images that train.py --holdout N kept out), one subprocess per setting (test.py is a
-command line: nothing of it is imported here), into SAVE_PATH/T<t>_W<w>/metrics.json. The rule:
-of the settings whose colourfulness gap (ΔCF) is at most --max_gap, the one with the highest
+command line: nothing of it is imported here), into SAVE_PATH/T<t>_W<w>/metrics.json. The rule is
+metrics/decoding.py's, the one train.py applies by itself at each epoch's end of such a run: of
+the settings whose colourfulness gap (ΔCF) is at most --max_gap, the one with the highest
 semantic accuracy, then the lowest classifier FD, then the lowest mean |ab error|; where none
-comes that close, the one with the smallest gap. SAVE_PATH/decoding.md holds every setting's
+comes that close, or no classifier judged, the one with the smallest gap. This tool is for other
+temperatures and blends than train.py tries. SAVE_PATH/decoding.md holds every setting's
 scores, the rule and the choice; decoding.json the same as data. The scoring classifier trained
 on every CIFAR-10 training image, these held-out ones too, so its two measures here are higher
 (semantic accuracy) and lower (FD) than on the test set: they rank the settings, nothing more.
@@ -25,9 +27,10 @@ sys.path.insert(0, ROOT)
 
 import utils  # noqa: E402
 from core.cli import OneLineArgumentParser, UserError, number_in, run_cli  # noqa: E402
+from metrics import decoding  # noqa: E402
 from storage import checkpoints  # noqa: E402
 
-DEFAULT_TEMPERATURES = (0.1, 0.2, 0.3, 0.38, 0.5, 0.7, 1.0)
+DEFAULT_TEMPERATURES = decoding.TEMPERATURES
 MEASURES = (('colorfulness', 'colourfulness', '{:.2f}'), ('colorfulness_gap', 'ΔCF', '{:.2f}'),
             ('mean_ab_error', 'mean \\|ab error\\|', '{:.4f}'), ('semantic_accuracy', 'semantic acc', '{:.1%}'),
             ('classifier_fd', 'classifier FD', '{:.2f}'))
@@ -59,13 +62,9 @@ def head_of(path):
     return config.get('ab_head', 'regress')
 
 
-def setting_name(temperature, blend):
-    return f'T{temperature:g}' + ('' if blend is None else f'_W{blend:g}')
-
-
 def score_setting(args, temperature, blend):
     """test.py on the held-out images at one decoding: its scores for the generator."""
-    name = setting_name(temperature, blend)
+    name = decoding.setting_name(temperature, blend)
     folder = os.path.join(args.save_path, name)
     command = [sys.executable, os.path.join(ROOT, 'test.py'), '--checkpoints', args.checkpoint, '--labels', name,
                '--split', 'holdout', '--dataset', args.dataset, '--data_path', args.data_path, '--num_grids', '0',
@@ -79,18 +78,6 @@ def score_setting(args, temperature, blend):
     with open(os.path.join(folder, 'metrics.json')) as f:
         metrics = json.load(f)
     return dict(metrics['checkpoints'][name], temperature=temperature, blend=blend), metrics
-
-
-def choose(settings, max_gap):
-    """The setting the rule picks (see the module's docstring) and why, in words."""
-    close = [s for s in settings if s['colorfulness_gap'] <= max_gap]
-    if not close:
-        return min(settings, key=lambda s: s['colorfulness_gap']), f"no setting within ΔCF {max_gap:g}: the smallest gap"
-
-    def rank(s):
-        return (-s.get('semantic_accuracy', 0.0), s.get('classifier_fd', 0.0), s['mean_ab_error'])
-    return min(close, key=rank), (f"{len(close)} of {len(settings)} settings within ΔCF {max_gap:g}: the highest "
-                                  f"semantic accuracy, then the lowest classifier FD, then the lowest error")
 
 
 def decoding_table(checkpoint, settings, chosen, why, truth, images, command):
@@ -124,7 +111,7 @@ def main(argv=None):
         for blend in blends:
             scores, metrics = score_setting(args, temperature, blend)
             settings.append(scores)
-    chosen, why = choose(settings, args.max_gap)
+    chosen, why = decoding.choose(settings, args.max_gap, judged='semantic_accuracy' in settings[0])
     command = ['python', 'tools/choose_decoding.py'] + argv
     table, flags = decoding_table(args.checkpoint, settings, chosen, why, metrics['truth_colorfulness'],
                                   metrics['images'], command)

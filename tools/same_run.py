@@ -3,8 +3,9 @@
     python tools/same_run.py OLD NEW [--data_path /work/shared/data] [--python PY] [--steps 20] [--keep]
 
 OLD and NEW are any commit-ish (HEAD, HEAD~1, a hash, a branch). Each gets its own clean checkout
-(`git worktree add --detach` in a temporary folder, removed at the end unless --keep), where two
-recipes run: the default one and the spectral one, each a short fp32 training run
+(`git worktree add --detach` in a temporary folder, removed at the end unless --keep), where three
+recipes run: the default one, the spectral one and the distribution head's (spectral with
+`--ab_head classify --rebalance 0.5`), each a short fp32 training run
 (--max_steps STEPS) followed by test.py on its checkpoint. Every command runs with the checkout as
 its working folder and its output in a log of its own; the run folders sit next to the checkout
 and are named by the same relative path in both, so the recorded options agree.
@@ -33,10 +34,13 @@ import time
 
 import torch
 
+SPECTRAL = ['--smoothing', '1.0', '--l1_weight', '0.985', '--base_lr_gen', '2e-4', '--base_lr_disc', '2e-4',
+            '--lr_decay_steps', '4e4', '--disc_norm', 'spectral', '--apply_weight_init', '0']
 RECIPES = {
     'default': [],
-    'spectral': ['--smoothing', '1.0', '--l1_weight', '0.985', '--base_lr_gen', '2e-4', '--base_lr_disc', '2e-4',
-                 '--lr_decay_steps', '4e4', '--disc_norm', 'spectral', '--apply_weight_init', '0'],
+    'spectral': SPECTRAL,
+    # the colour-distribution head, rebalanced (the confirmation's candidate recipe)
+    'classify+rebalance': SPECTRAL + ['--ab_head', 'classify', '--rebalance', '0.5'],
 }
 LABEL = 'run'  # test.py's name for the checkpoint, the same on both sides so metrics.json keys agree
 # Checkpoint values that hold training state: a difference under any of these keys fails.

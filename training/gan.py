@@ -331,6 +331,10 @@ class ColorizationGAN:
         self.G.load_state_dict(ckpt['generator_train'])
         if self.G_ema is not None:
             self.G_ema.load_state_dict(ckpt['generator'])
+            # An epoch's saved generator decodes as its run chose on held-out images; the average
+            # under training decodes as the training generator does.
+            final = self.G.final
+            models.set_decoding(self.G_ema, getattr(final, 'temperature', None), getattr(final, 'blend', None))
         self.D.load_state_dict(ckpt['discriminator'])
         self.opt_g.load_state_dict(ckpt['opt_gen'])
         self.opt_d.load_state_dict(ckpt['opt_disc'])
