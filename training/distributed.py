@@ -71,14 +71,6 @@ class Processes:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
-    def total(self, loss):
-        """`loss` summed over the processes, as a float (the loss itself for one process)."""
-        if not self.distributed:
-            return loss.item()
-        t = loss.detach().float().reshape(1).clone()
-        dist.all_reduce(t)
-        return t.item()
-
     def broadcast(self, obj):
         """The first process's `obj`, on every process."""
         if not self.distributed:
@@ -155,10 +147,6 @@ def lost_contact(error):
     """Whether `error`, raised by a collective, means another process of the run is gone."""
     return isinstance(error, dist.DistError) or any(
         sign in str(error) for sign in ('Connection closed by peer', 'Connection reset', 'Broken pipe', 'Timed out'))
-
-
-def unwrapped(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 class _SyncBatchNorm(torch.autograd.Function):
