@@ -193,11 +193,16 @@ def open_splits(args, procs, pin_memory=False):
         train_set, _ = split_holdout(train_set, args.holdout)
         print(f"--holdout {args.holdout}: training on the first {len(train_set)} training images, "
               f"the last {args.holdout} kept out for test.py --split holdout")
-    last_batch = len(train_set) % args.batch_size
-    if 0 < last_batch < procs.world_size:
-        raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
-                        f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
     return train_set, test_set
+
+
+def check_last_batch(n_images, batch_size, world_size):
+    """Refuse a last batch of each epoch too small for every process to take a part of it: on
+    the images the run trains on, after everything that drops some."""
+    last_batch = n_images % batch_size
+    if 0 < last_batch < world_size:
+        raise UserError(f"the last batch of each epoch holds {last_batch} of the {n_images} training images, "
+                        f"fewer than the {world_size} processes: pick another --batch_size or fewer processes")
 
 
 def split_holdout(train_set, holdout):

@@ -169,6 +169,7 @@ def open_data(args, procs, compute):
     regression head, else None)."""
     train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
     train_set, pixel_weights = apply_remedies(args, procs, compute, train_set)
+    dataset.check_last_batch(len(train_set), args.batch_size, procs.world_size)
     ab_classes = None
     if args.ab_head != 'regress':
         ab_classes = AbClasses.from_training_set(train_set, args.rebalance, compute.device, args.seed, args.color_enhance)

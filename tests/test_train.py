@@ -437,6 +437,29 @@ def test_every_epoch_draws_its_own_order_and_flips_and_the_same_again_for_the_sa
     assert all(torch.equal(a, b) for a, b in zip(first[1], again[1]))
 
 
+class FirstOfTwoProcesses(distributed.Processes):
+    """The first of two processes as train.open_data sees it, without a process group."""
+
+    def __init__(self):
+        super().__init__(rank=0, world_size=2, local_rank=0)
+
+    def barrier(self):
+        pass
+
+
+def test_the_last_batch_is_checked_against_the_processes_on_the_images_left_by_the_colourfulness_filter(
+        tiny_cifar, tmp_path):
+    import dataset
+    from training import remedies
+    values = np.sort(remedies.colorfulness_of_images(dataset.load_split(tiny_cifar, train=True)))
+    assert len(values) == 80 and values[0] < values[1]
+    # 80 images: a last batch of 2 of 78, one for each process; the dullest dropped, 79: a last batch of 1
+    args = train.parse_args(['--data_path', tiny_cifar, '--save_path', str(tmp_path), '--batch_size', '78',
+                             '--min_colorfulness', str((values[0] + values[1]) / 2)])
+    with pytest.raises(UserError, match='the last batch of each epoch holds 1 of the 79 training images'):
+        train.open_data(args, FirstOfTwoProcesses(), Compute(torch.device('cpu'), 'fp32'))
+
+
 # ---------------------------------------------------------------- under torchrun (2 CPU processes, Gloo)
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
