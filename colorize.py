@@ -7,6 +7,9 @@ larger networks are fully convolutional, so they can also run at the picture's o
 (--predict_at photo), rounded to the multiple they accept and capped at --max_side. Only colour is added: the output has the input's size,
 name, format, bit depth (8 or 16) and alpha, and its L equals the input's within one level of 255
 (JPEG, being lossy, moves a few percent of the pixels by two or three levels when it stores them).
+
+A run's --holdout holds nothing out here (these are the user's own pictures), except from a
+mid-epoch checkpoint's batch-norm recalibration, which uses only the images the run trained on.
 """
 import dataclasses
 import itertools
@@ -59,7 +62,8 @@ def parse_args(argv=None):
                         "the colours are joined with each picture's lightness (default: 1)")
     p.add_argument('--data_path', default='./data',
                    help="where the model's training data is, for a mid-epoch checkpoint's exact batch-norm "
-                        "statistics (default: ./data)")
+                        "statistics, computed on the images its run trained on (without those train.py --holdout "
+                        "kept out) (default: ./data)")
     add_decoding_flags(p)
     add_compute_flags(p)
     return p.parse_args(argv)
@@ -306,8 +310,9 @@ def main(argv=None):
     images = find_images(args.inputs)
     targets = output_paths(images, args.output, args.compare)
 
-    def training_images(run_args):
-        return dataset.open_split(run_args.get('dataset', 'cifar10'), args.data_path, True, run_args['image_size'])
+    def training_images(run_args):  # those the run trained on, as test.py takes them
+        return dataset.split_holdout(dataset.open_split(run_args.get('dataset', 'cifar10'), args.data_path, True,
+                                                        run_args['image_size']), run_args.get('holdout', 0))[0]
     G, run_args = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
     used = decoding.in_use(G, run_args, args.temperature, args.blend)
     if used:

@@ -196,11 +196,16 @@ def open_splits(args, procs, pin_memory=False):
         held_out = held_out if procs.is_main else None
         print(f"--holdout {args.holdout}: training on the first {len(train_set)} training images, "
               f"the last {args.holdout} kept out for test.py --split holdout")
-    last_batch = len(train_set) % args.batch_size
-    if 0 < last_batch < procs.world_size:
-        raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
-                        f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")
     return train_set, test_set, held_out
+
+
+def check_last_batch(n_images, batch_size, world_size):
+    """Refuse a last batch of each epoch too small for every process to take a part of it: on
+    the images the run trains on, after everything that drops some."""
+    last_batch = n_images % batch_size
+    if 0 < last_batch < world_size:
+        raise UserError(f"the last batch of each epoch holds {last_batch} of the {n_images} training images, "
+                        f"fewer than the {world_size} processes: pick another --batch_size or fewer processes")
 
 
 def split_holdout(train_set, holdout):

@@ -1,6 +1,7 @@
 """Score trained generators on the CIFAR-10 test set or a folder's val/ images, with comparison grids.
 
-Every generator runs in eval mode over the whole test set. Scores: mean |ab error| in network
+Every generator runs in eval mode over every image of the split: the whole test set, or with
+--split holdout the training images the runs kept out. Scores: mean |ab error| in network
 scale, MAE and PSNR of the uint8 RGB images, Nazeri accuracy, colorfulness and the colourfulness
 gap to the truth (DeltaCF); on CIFAR-10, what the scoring classifier still recognizes (semantic
 accuracy) and the Frechet distance of its features to the true colours' (classifier FD); with
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument('--num_grids', type=number_in(int, 0), default=5,
                    help=f'how many grids of {GRID_ROWS} test images to draw (default: 5)')
     p.add_argument('--keep_dropout', action='store_true',
-                   help="keep the generator's dropout on at test time (default: off, see README)")
+                   help="keep the generator's dropout on at test time (default: off, see docs/evaluation.md)")
     p.add_argument('--show', action='store_true', help="open the results page in the default web browser")
     p.add_argument('--per_class', action='store_true',
                    help='also print the scores per class (metrics.json and the results page always have them); with '

@@ -186,6 +186,7 @@ def open_data(args, procs, compute, saved_prior=None):
     recorded (ab_bins.AbPrior), which it keeps whatever data it now sees."""
     train_set, test_set, held_out = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
     train_set, pixel_weights = apply_remedies(args, procs, compute, train_set, saved_prior)
+    dataset.check_last_batch(len(train_set), args.batch_size, procs.world_size)
     ab_classes = None
     if args.ab_head != 'regress':
         prior = saved_prior or AbPrior.from_training_set(train_set, args.seed, args.color_enhance)

@@ -1,11 +1,17 @@
-"""Files written so that a crash never leaves a torn one: atomic writes, JSON records, CSV log rows."""
+"""Files written so that a crash never leaves a torn one: atomic writes, JSON records, CSV log rows;
+and UserError, the one-line error every layer raises.
+
+The floor of the base layer: imports nothing of the project, so that core/ can import it.
+"""
 import contextlib
 import csv
 import json
 import os
 import tempfile
 
-from core.cli import UserError
+
+class UserError(Exception):
+    """A problem with the user's input: reported in one line, never as a traceback."""
 
 
 def atomic_write(path, write_fn, mode='wb'):

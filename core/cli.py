@@ -8,9 +8,7 @@ import platform
 import re
 import sys
 
-
-class UserError(Exception):
-    """A problem with the user's input: reported in one line, never as a traceback."""
+from utils import UserError  # noqa: F401 (where the commands import it from)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -193,7 +191,6 @@ def resolve_precision(precision, device):
                             f"(AVX512-BF16 or AMX), so bf16 would be emulated, about 65x slower than fp32 "
                             f"(a training step of minutes); use --precision fp32 or auto")
         return precision
-    import torch
     if device.type == 'cuda' and cuda_has_native_bf16(device):
         return 'bf16'
     if device.type == 'cpu' and cpu_has_native_bf16():

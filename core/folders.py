@@ -23,8 +23,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from utils import atomic_write
-from core.cli import UserError
+from utils import UserError, atomic_write
 from core.pictures import rgb_to_lab
 
 EXTENSIONS = (b'jpg', b'jpeg', b'png', b'webp', b'bmp', b'tif', b'tiff')

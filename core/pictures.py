@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils import atomic_write
-from core.cli import UserError
+from utils import UserError, atomic_write
 
 
 # ---------------------------------------------------------------- Lab conversion

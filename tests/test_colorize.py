@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import colorize
+import dataset
 from core import pictures
 from storage.checkpoints import load_generator
 from core.cli import Compute, run_cli
@@ -130,6 +131,24 @@ def test_a_bare_state_dict_colorizes_as_the_checkpoint_holding_it(checkpoints, t
         a = cv2.imread(str(tmp_path / 'a' / name), cv2.IMREAD_UNCHANGED)
         b = cv2.imread(str(tmp_path / 'b' / name), cv2.IMREAD_UNCHANGED)
         assert a is not None and np.array_equal(a, b)
+
+
+def test_a_mid_epoch_checkpoint_is_recalibrated_on_the_images_its_run_trained_on_not_those_it_held_out(
+        tiny_cifar, tmp_path, monkeypatch):
+    from core import calibration
+    torch.manual_seed(0)
+    ck = str(tmp_path / 'checkpoint_step5.pt')
+    torch.save({'generator': Generator('batch').state_dict(), 'generator_exact_statistics': False,
+                'args': {'gen_norm': 'batch', 'image_size': 32, 'seed': 0, 'holdout': 16}}, ck)
+    recalibrated_on = []
+    recalibrate = calibration.recalibrate_generator
+    monkeypatch.setattr(calibration, 'recalibrate_generator',
+                        lambda G, images, *rest: recalibrated_on.append(images) or recalibrate(G, images, *rest))
+    assert colorize.main(['--checkpoint', ck, small_folder(tmp_path / 'in'), '--output', str(tmp_path / 'out'),
+                          '--data_path', tiny_cifar, *FLAGS]) == 0
+    [images] = recalibrated_on
+    assert len(images) == 80 - 16  # the tiny set's first 64 training images
+    assert torch.equal(images.lab, dataset.load_split(tiny_cifar, train=True).lab[:64])
 
 
 def test_compare_writes_input_grayscale_and_colorized_side_by_side(checkpoints, tmp_path):

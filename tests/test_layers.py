@@ -88,6 +88,51 @@ def test_no_module_imports_a_higher_layer_and_no_command_imports_another():
     assert wrong == []
 
 
+def base_unit(module):
+    """The base layer's units: core/ as one, and each of the reference's files."""
+    top = module.split('.')[0]
+    return top if layer_of(top) == 'base' else None
+
+
+def import_cycle(graph):
+    """A cycle [a, b, ..., a] in {unit: {units it imports}}, or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = 'open'
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 'open':
+                return path[path.index(target):] + [target]
+            if target not in state:
+                found = visit(target, path + [target])
+                if found:
+                    return found
+        state[node] = 'done'
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node, [node])
+            if found:
+                return found
+    return None
+
+
+def test_the_base_layer_has_no_import_cycle():
+    """core/ and the reference's files may import one another, but in one direction: one of
+    them is the floor (utils.py, which imports nothing of the project)."""
+    graph = {}
+    for name, path in library_files():
+        unit = base_unit(name)
+        if unit:
+            graph.setdefault(unit, set()).update(
+                target for target in map(base_unit, project_imports(path)) if target and target != unit)
+    assert import_cycle(graph) is None
+
+
+def test_the_cycle_check_sees_a_cycle():
+    assert import_cycle({'core': {'utils'}, 'utils': {'core'}, 'models': {'core'}}) == ['core', 'utils', 'core']
+    assert import_cycle({'dataset': {'core', 'utils'}, 'core': {'utils'}, 'utils': set()}) is None
+
+
 def test_the_check_sees_a_wrong_import(tmp_path):
     """The checker itself: a base module importing training, and a command importing another."""
     low = tmp_path / 'low.py'

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -403,6 +404,60 @@ def test_a_nan_loss_stops_with_the_step_named_or_is_skipped(tiny_cifar, tmp_path
                                 '--nan_policy', 'skip'))
     assert r.returncode == 0, r.stderr
     assert 'steps skipped' in r.stdout
+
+
+def batches_trained_on(train_set, epochs, seed=3, batch_size=4):
+    """The Lab batches train.train_epoch hands the GAN's step in each of `epochs`, in a run around
+    it that trains nothing."""
+    seen = {}
+
+    class Recorder:
+        memory_format, class_weight = torch.contiguous_format, 0.0
+        nan_watch = type('NoNaNs', (), {'take_report': staticmethod(lambda: (0, None))})()
+
+        def step(self, lab, step, global_images, classes):
+            seen.setdefault(epoch, []).append(lab.clone())
+            return torch.zeros(7)
+    args = train.parse_args(['--seed', str(seed), '--batch_size', str(batch_size)])
+    run = train.Run(args, Compute(torch.device('cpu'), 'fp32'), distributed.Processes(), Recorder(), train_set,
+                    None, {}, None, {})
+    for epoch in epochs:
+        outcome = train.train_epoch(run, epoch, 0, type('NoSignal', (), {'signal': None})())
+        assert outcome.exit_code is None
+    return seen
+
+
+def test_every_epoch_draws_its_own_order_and_flips_and_the_same_again_for_the_same_epoch():
+    import dataset
+    from conftest import smooth_images
+    images = dataset.LabImages(smooth_images(12, seed=1), np.zeros(12, dtype=np.int64))
+    first, again = batches_trained_on(images, [0, 1]), batches_trained_on(images, [1])
+    assert len(first[0]) == len(first[1]) == 3
+    assert not all(torch.equal(a, b) for a, b in zip(first[0], first[1]))
+    assert all(torch.equal(a, b) for a, b in zip(first[1], again[1]))
+
+
+class FirstOfTwoProcesses(distributed.Processes):
+    """The first of two processes as train.open_data sees it, without a process group."""
+
+    def __init__(self):
+        super().__init__(rank=0, world_size=2, local_rank=0)
+
+    def barrier(self):
+        pass
+
+
+def test_the_last_batch_is_checked_against_the_processes_on_the_images_left_by_the_colourfulness_filter(
+        tiny_cifar, tmp_path):
+    import dataset
+    from training import remedies
+    values = np.sort(remedies.colorfulness_of_images(dataset.load_split(tiny_cifar, train=True)))
+    assert len(values) == 80 and values[0] < values[1]
+    # 80 images: a last batch of 2 of 78, one for each process; the dullest dropped, 79: a last batch of 1
+    args = train.parse_args(['--data_path', tiny_cifar, '--save_path', str(tmp_path), '--batch_size', '78',
+                             '--min_colorfulness', str((values[0] + values[1]) / 2)])
+    with pytest.raises(UserError, match='the last batch of each epoch holds 1 of the 79 training images'):
+        train.open_data(args, FirstOfTwoProcesses(), Compute(torch.device('cpu'), 'fp32'))
 
 
 # ---------------------------------------------------------------- under torchrun (2 CPU processes, Gloo)

@@ -20,6 +20,7 @@ class Processes:
 
     def __init__(self, rank=0, world_size=1, local_rank=0):
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.host_group = None  # under NCCL, a Gloo group for what is agreed on every step (max)
 
     @property
     def is_main(self):
@@ -41,8 +42,12 @@ class Processes:
             torch.cuda.set_device(local_rank)
         backend = 'nccl' if device_type == 'cuda' else 'gloo'
         # A long validation on the first process keeps the others waiting at a barrier.
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
-        return cls(rank, world_size, local_rank)
+        timeout = datetime.timedelta(hours=2)
+        dist.init_process_group(backend, timeout=timeout)
+        procs = cls(rank, world_size, local_rank)
+        if backend == 'nccl':
+            procs.host_group = dist.new_group(backend='gloo', timeout=timeout)
+        return procs
 
     def device(self, device):
         """The device this process trains on: its own GPU under torchrun."""
@@ -64,20 +69,13 @@ class Processes:
 
     def max(self, value):
         """The largest of the processes' whole numbers `value`, on every process: how they agree
-        to stop at the same step when a signal reached only some of them."""
+        to stop at the same step when a signal reached only some of them. On the host (Gloo), as
+        it runs after every step: an NCCL tensor read back would make each step wait for the GPU."""
         if not self.distributed:
             return value
-        t = torch.tensor([value], dtype=torch.int64, device=self._collective_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
         return int(t.item())
-
-    def total(self, loss):
-        """`loss` summed over the processes, as a float (the loss itself for one process)."""
-        if not self.distributed:
-            return loss.item()
-        t = loss.detach().float().reshape(1).clone()
-        dist.all_reduce(t)
-        return t.item()
 
     def broadcast(self, obj):
         """The first process's `obj`, on every process."""
@@ -155,10 +153,6 @@ def lost_contact(error):
     """Whether `error`, raised by a collective, means another process of the run is gone."""
     return isinstance(error, dist.DistError) or any(
         sign in str(error) for sign in ('Connection closed by peer', 'Connection reset', 'Broken pipe', 'Timed out'))
-
-
-def unwrapped(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 class _SyncBatchNorm(torch.autograd.Function):

@@ -158,10 +158,14 @@ class ColorizationGAN:
         """Optimizer step number `step` (counted from 1) on a Lab batch: this process's part of a
         global batch of `global_images` (`classes`: its images' class indices, for --class_loss).
         Returns the batch's sums of STAT_NAMES as one device tensor, so the caller syncs with the
-        host only when it shows them. A non-finite loss
-        stops or skips the step (--nan_policy, training/nan_watch.py) before anything is updated:
-        both networks (weights, batch-norm statistics, spectral-norm vectors), optimizers, scaler
-        and averaged generator stay as they were."""
+        host only when it shows them. A non-finite loss (--nan_policy, training/nan_watch.py):
+        where the check reads the losses back (a gradient scaler, unfused optimizers) the step
+        raises NonFiniteLoss before anything is updated. Where the check stays on the device (fused
+        optimizers, no scaler), under skip both networks (weights, batch-norm statistics,
+        spectral-norm vectors), optimizers and averaged generator stay as they were; under stop
+        the step is applied as computed (weights may turn non-finite), as are the steps after it,
+        until the caller reads the watch back (train.py: every --log_steps steps, before a
+        checkpoint, at the epoch's end) and stops, naming this step, with nothing after it saved."""
         self.set_learning_rates(step)
         # DistributedDataParallel averages the processes' gradients; this weight makes that
         # average the gradient of the global batch's mean losses.

@@ -20,7 +20,7 @@ import torch
 
 import utils
 from core import convolutions
-from core.cli import cpu_description
+from core.cli import cpu_description, first_line
 
 # Layer forms are timed on at most this many images, so the measurement stays within seconds.
 AUTOTUNE_IMAGES = 32
@@ -65,8 +65,8 @@ class StoredChoices:
             pass  # nothing stored yet
         except (OSError, ValueError) as e:
             self.writable = False  # what is there may be someone's file: never overwritten
-            warn(f"the layer-form cache {path} cannot be read ({first_words(e)}); measuring afresh, storing nothing "
-                 f"(delete it, or name another with --layer_forms_cache)")
+            warn(f"the layer-form cache {path} cannot be read ({first_line(getattr(e, 'strerror', None) or e)}); "
+                 f"measuring afresh, storing nothing (delete it, or name another with --layer_forms_cache)")
 
     def get(self, key, gan):
         record = self.choices.get(key)
@@ -81,8 +81,8 @@ class StoredChoices:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             utils.write_json(self.path, {'version': CACHE_VERSION, 'choices': choices})
         except OSError as e:
-            warn(f"the layer-form cache {self.path} cannot be written ({first_words(e)}); the choice is kept in "
-                 f"this run's checkpoints only")
+            warn(f"the layer-form cache {self.path} cannot be written "
+                 f"({first_line(e.strerror or e)}); the choice is kept in this run's checkpoints only")
             return False
         return True
 
@@ -101,11 +101,6 @@ def fits(record, gan):
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def first_words(error):
-    text = getattr(error, 'strerror', None) or str(error)
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def choose_layer_forms(gan, saved=None):

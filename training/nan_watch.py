@@ -5,8 +5,10 @@ Where both optimizers are fused and no gradient scaler runs, the check stays on 
 no host sync in a step: a skip reaches the fused kernels as their `found_inf`, and `watch` (one
 device tensor, written in place so that a captured step keeps writing the same memory) holds
 [steps skipped, the first non-finite step (0: none), its generator and discriminator losses]
-until `take_report` reads it back. Elsewhere (a gradient scaler in fp16, the unfused optimizers
-of MPS) the check reads the losses back each step and raises before anything is updated.
+until `take_report` reads it back; under stop nothing holds the step back, so it and the steps
+after it, up to that read-back, are applied as computed. Elsewhere (a gradient scaler in fp16,
+the unfused optimizers of MPS) the check reads the losses back each step and raises before
+anything is updated.
 
 Imports torch only; the processes (training.distributed.Processes) are handed in.
 """

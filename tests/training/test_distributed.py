@@ -172,3 +172,24 @@ def test_two_processes_resume_a_one_process_checkpoint(two_process_results):
     for got in (two_process_results['resume'], two_process_results['second process']['resume']):
         assert got['position'] == (0, 2, 7)
         assert got['differed'] and got['weights'] and got['rng']
+
+
+def test_under_nccl_the_stop_flag_is_agreed_on_the_host_without_waiting_for_the_gpu(monkeypatch):
+    """train.py agrees on its stop flag after every step: under NCCL a GPU tensor read back would
+    make every step wait for the device, so the flag goes through a Gloo group of CPU tensors."""
+    host_group = object()
+    reduced = []
+
+    def all_reduce(tensor, op=None, group=None):
+        reduced.append((tensor.device.type, group))
+        tensor.fill_(130)  # another process's signal
+    monkeypatch.setenv('WORLD_SIZE', '2'), monkeypatch.setenv('RANK', '0')
+    monkeypatch.setattr(dist, 'init_process_group', lambda backend, **kwargs: None)
+    monkeypatch.setattr(dist, 'new_group', lambda backend=None, **kwargs: host_group if backend == 'gloo' else None)
+    monkeypatch.setattr(dist, 'get_backend', lambda group=None: 'gloo' if group is host_group else 'nccl')
+    monkeypatch.setattr(dist, 'all_reduce', all_reduce)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda device: None)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: pytest.fail('the stop flag went to the GPU'))
+    procs = distributed.Processes.from_environment('cuda')
+    assert procs.max(0) == 130
+    assert reduced == [('cpu', host_group)]

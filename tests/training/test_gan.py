@@ -29,8 +29,10 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_l1_loss(disc_norm):
     assert sum(l1[-3:]) < 0.6 * sum(l1[:3])
 
 
-def test_the_generator_step_computes_no_gradients_for_the_discriminator():
-    gan = contiguous_gan()
+@pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])  # one pass for both losses, or backward_G's own
+def test_the_generator_step_computes_no_gradients_for_the_discriminator(disc_norm):
+    gan = contiguous_gan('--disc_norm', disc_norm)
+    assert gan.scores_fake_once == (disc_norm == 'batch')
     grads_computed = []
     for p in gan.D.parameters():
         p.register_hook(lambda g: grads_computed.append(1))

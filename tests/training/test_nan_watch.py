@@ -88,6 +88,28 @@ def test_under_the_stop_policy_the_first_non_finite_step_is_reported_when_read_b
     assert g.nan_watch.take_report() == (0, None)  # read and cleared
 
 
+def test_under_the_stop_policy_on_the_device_the_non_finite_step_and_the_next_are_applied_until_read_back(
+        monkeypatch):
+    """What gan.step's docstring says of --nan_policy stop with the fused optimizers: no sync in
+    the step, so nothing holds it back; the caller stops at the read-back."""
+    g = contiguous_gan()
+    assert g.nan_watch.on_device
+    lab = fixed_batch(4)
+    g.step(lab, 1)
+    before = everything_a_step_changes(g)
+    undo = poison(monkeypatch, 'discriminator')
+    g.step(lab, 2)  # no exception
+    undo()
+    assert all(not torch.isfinite(p).all() for p in g.D.parameters())  # the NaN gradients' update applied
+    assert all(torch.isfinite(p).all() for p in g.G.parameters())  # the generator's loss was finite: a normal step
+    assert not torch.equal(before['G.down1.model.0.weight'], g.G.state_dict()['down1.model.0.weight'])
+    assert all(state['step'] == 2 for state in g.opt_d.state.values())
+    g.step(lab, 3)  # and the next step too
+    assert all(state['step'] == 3 for state in g.opt_d.state.values())
+    skipped, error = g.nan_watch.take_report()
+    assert skipped == 0 and error.step == 2
+
+
 def test_a_non_finite_loss_is_caught_whatever_device_it_is_on():
     g = ColorizationGAN(parse_training_args(['--channels_last', 'off']))
     g.nan_watch.on_device = False  # the check that reads the losses back, as with a gradient scaler
