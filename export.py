@@ -13,6 +13,7 @@ import sys
 
 import utils
 from core.cli import OneLineArgumentParser, UserError, run_cli
+from metrics.measures import MEASURES
 from storage import checkpoints, modelcard
 
 
@@ -74,7 +75,7 @@ def main(argv=None):
     if args.folder:
         card_config = modelcard.folder_config(config, run_args, ckpt)
         utils.write_json(os.path.join(args.folder, 'config.json'), card_config)
-        card = modelcard.model_card(card_config, metrics)
+        card = modelcard.model_card(card_config, metrics, MEASURES)
         utils.atomic_write(os.path.join(args.folder, 'README.md'), lambda f: f.write(card), mode='w')
     print(f"wrote {args.folder + ' (model.safetensors, config.json, README.md)' if args.folder else out} "
           f"({sum(t.numel() for t in G.state_dict().values()):,} values, --image_size {config['image_size']}, "

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from spectral import spectral_norm
-from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
 
 GENERATOR_NORMS = ('batch', 'instance')
 # What the generator's last layer predicts: ab itself (the reference's), a distribution over ab
@@ -74,32 +73,27 @@ class SameConv2d(nn.Conv2d):
         return super().extra_repr() + ", same-padded (1, 2, 1, 2)"
 
 
-def _down(c_in, c_out, norm, stride=2, padding=1, bf16_form=None):
-    """A conv block; with `bf16_form`, its convolution can also run as matrix products
-    (convolutions.py), and `bf16_form` is the form it takes in bf16 when nothing was measured.
-    padding='same' (stride 1 only): TensorFlow's "same" padding, by SameConv2d."""
+def _down(c_in, c_out, norm, stride=2, padding=1):
+    """A conv block. padding='same' (stride 1 only): TensorFlow's "same" padding, by SameConv2d."""
     if padding == 'same':
-        if stride != 1 or bf16_form is not None:
-            raise ValueError("'same' padding is for stride-1 library convolutions")
+        if stride != 1:
+            raise ValueError("'same' padding is for stride-1 convolutions")
         conv = SameConv2d(c_in, c_out)
     else:
-        conv = nn.Conv2d(c_in, c_out, 4, stride, padding) if bf16_form is None else \
-            MatmulConv2d(c_in, c_out, 4, stride, padding, bf16_form=bf16_form)
+        conv = nn.Conv2d(c_in, c_out, 4, stride, padding)
     layers = [conv]
     if norm == 'spectral':
         spectral_norm(layers[0])
     elif norm is not None:
         layers.append(_norm_layer(norm, c_out))
-    # In place after a norm only: a matrix-product convolution's output is a view that autograd
-    # forbids changing in place.
+    # In place after a norm only: a convolution's output may be a view that autograd forbids
+    # changing in place (the matrix-product form core/convolutions.py swaps in on CPUs).
     layers.append(nn.LeakyReLU(0.2, inplace=norm not in (None, 'spectral')))
     return Block(*layers)
 
 
-def _up(c_in, c_out, norm, dropout=None, bf16_form=None):
-    conv = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1) if bf16_form is None else \
-        MatmulConvTranspose2d(c_in, c_out, 4, 2, 1, bf16_form=bf16_form)
-    layers = [conv, _norm_layer(norm, c_out), nn.ReLU(inplace=True)]
+def _up(c_in, c_out, norm, dropout=None):
+    layers = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), _norm_layer(norm, c_out), nn.ReLU(inplace=True)]
     if dropout is not None:  # kept at p = 0 too, so that every generator has the same layers
         layers.append(Dropout(dropout))
     return Block(*layers)
@@ -226,14 +220,11 @@ class Generator(nn.Module):
             raise ValueError(f"generator dropout must be in [0, 1), got {dropout!r}")
         self.down1 = _down(1, 64, norm, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
-        # The layers on 4x4 and 2x2 maps can run as matrix products: the default forms in bf16 are
-        # those measured fastest on AVX-512 BF16, and train.py measures them again on the machine
-        # at hand (docs/performance.md). down3 lost and up3 tied on every CPU measured: not candidates.
         self.down3 = _down(128, 256, norm)
-        self.down4 = _down(256, 512, norm, bf16_form='matmul')
-        self.down5 = _down(512, 512, norm, bf16_form='matmul')
-        self.up1 = _up(512, 512, norm, dropout=dropout, bf16_form='matmul')
-        self.up2 = _up(1024, 256, norm, dropout=dropout, bf16_form='matmul')
+        self.down4 = _down(256, 512, norm)
+        self.down5 = _down(512, 512, norm)
+        self.up1 = _up(512, 512, norm, dropout=dropout)
+        self.up2 = _up(1024, 256, norm, dropout=dropout)
         self.up3 = _up(512, 128, norm)
         self.up4 = _up(256, 64, norm)
         self.final = _final_layer(128, ab_head, ab_bins)
@@ -266,7 +257,7 @@ class Discriminator(nn.Module):
         self.down1 = _down(3, 64, None, stride=1, padding=0)
         self.down2 = _down(64, 128, norm)
         self.down3 = _down(128, 256, norm)
-        self.down4 = _down(256, 512, norm, bf16_form='matmul')  # as in the generator
+        self.down4 = _down(256, 512, norm)
         self.final = Block(nn.Conv2d(512, 1, 4, 1, 0))
 
     def forward(self, lab):

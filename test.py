@@ -8,12 +8,10 @@ accuracy) and the Frechet distance of its features to the true colours' (classif
 --fid, FID. The no-color baseline (ab = 0) is scored alongside, the true colours as the other
 bound, and every score per class where the images have classes.
 """
-import html
 import os
 import sys
 import webbrowser
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -25,12 +23,10 @@ from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_fla
                       run_cli)
 from metrics import classifier, decoding, fid, frontier
 from metrics.evaluation import Evaluation
+from metrics.report import BASELINE, CLASSES_PRINTED, TRUTH, format_class_table, format_table, write_results_page
 from storage import checkpoints, provenance, published
 
 GRID_ROWS = 14
-CLASSES_PRINTED = 10
-BASELINE = 'no color (ab=0)'
-TRUTH = 'ground truth'
 
 
 def parse_args(argv=None):
@@ -123,135 +119,6 @@ def show_page(path):
         print(f"--show: this machine has no display; open {uri} in a browser")
     elif not webbrowser.open(uri):
         print(f"--show: no web browser was found; open {uri} in a browser")
-
-
-# The columns of the printed table: metrics key, title, width, format (values of a row that lacks a key are blank)
-TABLE_COLUMNS = (('mean_ab_error', 'mean|ab err|', 12, '{:12.4f}'), ('mae', 'MAE', 7, '{:7.3f}'),
-                 ('psnr', 'PSNR dB', 7, '{:7.3f}'), ('nazeri_accuracy', 'Nazeri', 6, '{:6.1%}'),
-                 ('colorfulness', 'colorful', 8, '{:8.2f}'), ('colorfulness_gap', 'dCF', 6, '{:6.2f}'),
-                 ('semantic_accuracy', 'sem.acc', 7, '{:7.1%}'), ('classifier_fd', 'clf FD', 7, '{:7.2f}'),
-                 ('fid', 'FID', 7, '{:7.2f}'))
-
-
-def format_table(results, first_column=''):
-    """One row per entry of `results` (the no-colour baseline, the generators, the ground truth);
-    a column shows only where some row has its score."""
-    columns = [c for c in TABLE_COLUMNS if any(c[0] in r for r in results.values())]
-    lines = [f"{first_column:28s}" + ''.join(f" {title:>{width}s}" for _, title, width, _ in columns)]
-    for label, r in results.items():
-        lines.append(f"{label[:28]:28s}" + ''.join(f" {fmt.format(r[key])}" if key in r else ' ' * (width + 1)
-                                                   for key, _, width, fmt in columns))
-    return '\n'.join(lines)
-
-
-def format_class_table(per_class, labels, cells=(('mean_ab_error', '{:.4f}'), ('colorfulness', '{:.2f}')), rows=None):
-    """Per class, for each of `labels` (default: every row of `per_class`), the `cells` scores
-    joined by '/'. With many classes, the CLASSES_PRINTED best and worst by the first label's
-    first score."""
-    width = max(18, 8 * len(cells))
-    header = f"{'class':12s}" + ''.join(f" {label[:width]:>{width}s}" for label in labels)
-    lines = [header, f"{'':12s} ({' / '.join(key for key, _ in cells)})"]
-    names = list(per_class[labels[0]])
-    if len(names) > 2 * CLASSES_PRINTED:
-        names.sort(key=lambda name: per_class[labels[0]][name][cells[0][0]])
-        names = names[:CLASSES_PRINTED] + [None] + names[-CLASSES_PRINTED:]
-    for name in names:
-        if name is None:
-            lines.append(f"... {len(per_class[labels[0]]) - 2 * CLASSES_PRINTED} classes between "
-                         f"(all in metrics.json and on the results page) ...")
-            continue
-        lines.append(f"{name:12s}" + ''.join(
-            ' ' + '/'.join(fmt.format(per_class[label][name][key]) if key in per_class[label][name] else '-'
-                           for key, fmt in cells).rjust(width) for label in labels))
-    return '\n'.join(lines)
-
-
-MEASURES = (  # metrics key, column title, format of the printed table, what it means
-    ('mean_ab_error', 'mean |ab error|', '{:.4f}', 'mean absolute error of the predicted a and b channels in '
-     'network scale (/127), on the raw generator output; lower is better'),
-    ('mae', 'MAE', '{:.3f}', 'mean absolute difference of the uint8 RGB images (0-255); lower is better'),
-    ('psnr', 'PSNR dB', '{:.3f}', 'peak signal-to-noise ratio of the uint8 RGB images, per image, then averaged; '
-     'higher is better'),
-    ('nazeri_accuracy', 'Nazeri acc', '{:.1%}', 'share of pixels whose rounded Lab values are within 2% of their '
-     'range of the truth (|dL| <= 2, |da|, |db| <= 4.4); higher is better'),
-    ('colorfulness', 'colorfulness', '{:.2f}', 'Hasler and Suesstrunk (2003), per image, then averaged; '
-     'closer to the ground truth is better'),
-    ('colorfulness_gap', 'ΔCF', '{:.2f}', "the colourfulness gap |CF(colorized) - CF(truth)| of the set's means "
-     '(DDColor, CT2); lower is better, grey images score the truth\'s colourfulness'),
-    ('semantic_accuracy', 'semantic accuracy', '{:.1%}', "top-1 of the scoring classifier (trained on CIFAR-10's "
-     'colour training images) on these images (Zhang et al. 2016); nearer the ground truth\'s is better'),
-    ('classifier_fd', 'classifier FD', '{:.2f}', "Fréchet distance between the scoring classifier's penultimate "
-     "features of these images and of the true colours; not FID (another network); lower is better"),
-    ('fid', 'FID', '{:.2f}', 'Fréchet Inception distance to the true colour images (torchmetrics, TF-FID Inception '
-     'at 299 px); compares only with FIDs of the same test set at the same size; lower is better'),
-)
-PAGE_STYLE = """body { font: 15px/1.45 sans-serif; margin: 24px; color: #222; }
-table { border-collapse: collapse; margin: 12px 0; }
-th, td { border-bottom: 1px solid #ccc; padding: 4px 10px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-tr.truth td { color: #555; font-style: italic; }
-dt { font-weight: bold; } dd { margin: 0 0 6px 16px; }
-.grids { display: flex; flex-wrap: wrap; gap: 24px; }
-figure { margin: 0; } figcaption { font-size: 13px; color: #555; max-width: 500px; margin-bottom: 4px; }
-img { image-rendering: pixelated; max-width: 100%; height: auto; }"""
-
-
-def write_results_page(path, results, grid_paths, precision, keep_dropout, per_class, picks=None,
-                       images_name='CIFAR-10 test images', notes=()):
-    """One self-contained HTML page: the metrics table (the no-colour baseline, each generator and
-    the ground truth), what each measure means, a per-class table for each measure, the grids and
-    the --pick pictures (linked by file name, so the page goes along with the folder)."""
-    esc = html.escape
-    measures = [m for m in MEASURES if any(m[0] in r for r in results.values())]
-    head = ''.join(f'<th>{esc(title)}</th>' for _, title, _, _ in measures)
-    rows = [f'<tr{" class=truth" if label == TRUTH else ""}><td>{esc(label)}</td>' + ''.join(
-        f'<td>{fmt.format(r[key]) if key in r else ""}</td>' for key, _, fmt, _ in measures) + '</tr>'
-        for label, r in results.items()]
-    meanings = ''.join(f'<dt>{esc(title)}</dt><dd>{esc(meaning)}</dd>' for _, title, _, meaning in measures)
-    class_tables = []
-    names = list(per_class.get(BASELINE, {}))
-    for key, title, fmt, _ in measures:
-        shown = [label for label in per_class if any(key in per_class[label][name] for name in names)]
-        if not shown:
-            continue
-        class_tables.append(f'<h3>{esc(title)}</h3><table><tr><th>class</th>'
-                            + ''.join(f'<th>{esc(label)}</th>' for label in shown) + '</tr>' + ''.join(
-                                f'<tr><td>{esc(name)}</td>' + ''.join(
-                                    f'<td>{fmt.format(per_class[label][name][key]) if key in per_class[label][name] else ""}</td>'
-                                    for label in shown)
-                                + '</tr>' for name in names) + '</table>')
-    generators = [label for label in results if label not in (BASELINE, TRUTH)]
-    columns = esc(', '.join(['original', 'grayscale'] + generators))
-
-    def figure(picture, caption):
-        height, width = cv2.imread(os.path.join(os.path.dirname(path), picture)).shape[:2]  # shown at twice their size
-        name = esc(picture)
-        return (f'<figure><figcaption>{esc(caption)}; columns: {columns}</figcaption>'
-                f'<img src="{name}" width="{2 * width}" height="{2 * height}" alt="{name}"></figure>')
-    figures = [figure(os.path.basename(p), f'{os.path.basename(p)}: one test image per row') for p in grid_paths]
-    picked = ''
-    if picks:
-        picked = (f'<h2>Picked by rule</h2><p>{esc(PICK_RULE)}</p><div class="grids">'
-                  + ''.join(figure(pick['picture'], title) for title, pick in picks.items()) + '</div>')
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Colorization results</title>
-<style>{PAGE_STYLE}</style></head><body>
-<h1>Colorization results</h1>
-<p>{results[BASELINE]['images']} {esc(images_name)}; precision {esc(precision)};
-dropout {'on' if keep_dropout else 'off'} at test time.</p>
-<table><tr><th></th>{head}</tr>
-{chr(10).join(rows)}
-</table>
-{''.join(f'<p>{esc(note)}</p>' for note in notes)}
-<dl>{meanings}</dl>
-<h2>Per class</h2>
-{''.join(class_tables)}
-<h2>Grids</h2>
-<div class="grids">{''.join(figures) or '<p>none drawn (--num_grids 0)</p>'}</div>
-{picked}
-</body></html>
-"""
-    utils.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
 
 
 def load_generators(args, compute):
@@ -413,8 +280,7 @@ def main(argv=None):
         print(format_class_table(per_class, labels))
         if judge is not None:
             print(format_class_table(per_class, [BASELINE] + labels + [TRUTH],
-                                     (('colorfulness_gap', '{:.1f}'), ('semantic_accuracy', '{:.0%}'),
-                                      ('classifier_fd', '{:.1f}'))))
+                                     ('colorfulness_gap', 'semantic_accuracy', 'classifier_fd')))
     truth_colorfulness = results[TRUTH]['colorfulness']
     paths = [path for path in args.checkpoints for _ in gains] if dialled else args.checkpoints
     metrics = {'checkpoints': {label: dict(results[label], path=path) for label, path in zip(labels, paths)},
@@ -445,7 +311,7 @@ def main(argv=None):
           f"and metrics.json to {args.save_path}")
     page_path = os.path.join(args.save_path, 'index.html')
     write_results_page(page_path, results, grid_paths, compute.precision, args.keep_dropout, per_class, picks,
-                       images_name, notes)
+                       images_name, notes, PICK_RULE)
     print(f"wrote the results page {page_path}")
     if args.show:
         show_page(page_path)

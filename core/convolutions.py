@@ -6,6 +6,10 @@ products gets close to it. Which form wins depends on the layer, the precision a
 AVX-512 BF16 the products won in bf16 and lost in fp32; on AVX2 they win in fp32 too (README,
 docs/performance.md). So `choose_forms` times both forms of every such layer on the run's own
 shapes, once per process, and each layer keeps the faster one.
+
+The networks (models.py) are built of the library's layers, as the paper draws them;
+`swap_in_two_form_layers` makes the candidate layers two-form after construction, where a
+network is built to run (training, benchmarks, loading a generator).
 """
 import contextlib
 import copy
@@ -14,6 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 FORMS = ('library', 'matmul')
 # A layer takes the matrix-product form only when it is clearly faster: ties stay with the
@@ -181,6 +186,40 @@ class MatmulConvTranspose2d(_TwoForms, nn.ConvTranspose2d):
             return super().forward(x, output_size)
         x, weight, bias = self._cast(x, self.weight, self.bias)
         return _ConvTransposeByMatmul.apply(x, weight, bias, self.stride[0], self.padding[0])
+
+
+# The layers that may run as matrix products, by network class: the convolutions on 4x4 and 2x2
+# maps of the reference's 32x32 pair. Where nothing was measured, they take that form in bf16: it
+# was the faster on AVX-512 BF16 (docs/performance.md); down3 lost and up3 tied on every CPU
+# measured, so they are not candidates. Nazeri et al.'s larger networks keep the library's layers.
+CANDIDATES = {'Generator': ('down4.model.0', 'down5.model.0', 'up1.model.0', 'up2.model.0'),
+              'Discriminator': ('down4.model.0',)}
+
+
+def _two_form_class(layer):
+    """The class that gives `layer` both forms: a library convolution's two-form subclass, or, for a
+    parametrized one (spectral norm), a class that keeps the parametrization's class in front."""
+    two_form = MatmulConvTranspose2d if isinstance(layer, nn.ConvTranspose2d) else MatmulConv2d
+    cls = type(layer)
+    if cls in (nn.Conv2d, nn.ConvTranspose2d):
+        return two_form
+    if parametrize.is_parametrized(layer) and cls.__bases__ in ((nn.Conv2d,), (nn.ConvTranspose2d,)):
+        return type(f'Parametrized{two_form.__name__}', (cls, two_form), {})
+    raise ValueError(f"a two-form layer replaces a library convolution, not a {cls.__name__}")
+
+
+def swap_in_two_form_layers(model, bf16_form='matmul'):
+    """Make the CANDIDATES layers of `model` two-form, in place, with `bf16_form` their form in
+    bf16 until one is measured or set. Each layer stays the same object with the same parameters,
+    buffers, parametrizations and state-dict keys; only its class changes, so a network built and
+    then swapped has drawn the same random numbers, in the same order, as one built alone. A
+    network with no candidates is left as it is. Returns `model`."""
+    for name in CANDIDATES.get(type(model).__name__, ()):
+        layer = model.get_submodule(name)
+        if not isinstance(layer, _TwoForms):
+            layer.__class__ = _two_form_class(layer)
+            layer._init_forms(bf16_form)
+    return model
 
 
 def two_form_layers(model):

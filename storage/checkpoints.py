@@ -20,6 +20,7 @@ import torch
 import models
 from utils import atomic_write, remove_torn_writes
 from core.cli import UserError, first_line
+from core.convolutions import swap_in_two_form_layers
 
 # The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed. A
 # checkpoint of the previous release has no image_size: it is of the 32x32 networks.
@@ -199,9 +200,10 @@ def build_generator(config, state=None):
     built for."""
     logits = (state or {}).get('final.logits.weight')
     classes = (state or {}).get('context.classes.weight')
-    return models.build_generator(config['image_size'], config['gen_norm'], config['gen_dropout'],
-                                  config.get('ab_head', 'regress'), 0 if logits is None else logits.shape[0],
-                                  0 if classes is None else classes.shape[0])
+    # Two-form layers as in training: in bf16 on a CPU, a generator computes as it did there.
+    return swap_in_two_form_layers(models.build_generator(
+        config['image_size'], config['gen_norm'], config['gen_dropout'], config.get('ab_head', 'regress'),
+        0 if logits is None else logits.shape[0], 0 if classes is None else classes.shape[0]))
 
 
 def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True, holdout=0,

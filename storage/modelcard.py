@@ -1,18 +1,13 @@
-"""The description a shared generator folder carries: its config.json and its model card."""
+"""The description a shared generator folder carries: its config.json and its model card.
+
+The card's score table shows the measures it is handed (export.py hands it metrics/measures.py's
+table: storage/ never imports metrics/), each with its title, format, which way is better and what
+it means.
+"""
 
 # The flags that say how a generator was trained (the recipe), as config.json records them.
 RECIPE_FLAGS = ('dataset', 'batch_size', 'max_epoch', 'smoothing', 'l1_weight', 'base_lr_gen', 'base_lr_disc',
                 'lr_decay_rate', 'lr_decay_steps', 'disc_norm', 'apply_weight_init', 'ema_decay', 'precision')
-SCORES = (('mean_ab_error', 'mean abs. ab error (network scale, lower is better)', '{:.4f}'),
-          ('mae', 'MAE of the RGB images, 0-255 (lower is better)', '{:.3f}'),
-          ('psnr', 'PSNR, dB (higher is better)', '{:.2f}'),
-          ('nazeri_accuracy', 'Nazeri accuracy (higher is better)', '{:.1%}'),
-          ('colorfulness', 'colorfulness (closer to the truth is better)', '{:.2f}'),
-          ('colorfulness_gap', 'colourfulness gap to the truth, ΔCF (lower is better)', '{:.2f}'),
-          ('semantic_accuracy', "semantic accuracy: the scoring classifier's top-1 (higher is better)", '{:.1%}'),
-          ('classifier_fd', "classifier FD: the scoring classifier's feature distance to the truth (lower is better)",
-           '{:.2f}'),
-          ('fid', 'FID against the true colour images, same test set and size only (lower is better)', '{:.2f}'))
 
 
 def folder_config(generator_config, run_args, ckpt):
@@ -33,10 +28,10 @@ def _yaml_list(items):
     return ''.join(f"\n- {item}" for item in items)
 
 
-def model_card(config, metrics=None):
+def model_card(config, metrics=None, measures=()):
     """README.md of a model folder: a YAML metadata header, then what the model is, how it was
-    trained, how well it scores (from a test.py metrics.json, where one is given), its limits,
-    and the commands that use it."""
+    trained, how well it scores (from a test.py metrics.json, where one is given, in `measures`:
+    metrics/measures.py's Measure records), its limits, and the commands that use it."""
     arch, recipe = config['architecture'], config['training']
     dataset = recipe.get('dataset', 'cifar10')
     dataset_name = 'CIFAR-10' if dataset == 'cifar10' else 'a folder of photographs'
@@ -56,7 +51,7 @@ def model_card(config, metrics=None):
              f"Trained on {dataset_name} at {size}x{size} pixels, epoch {config.get('epoch')}, step "
              f"{config.get('step')}, seed {config.get('seed')}, with {trained}.", '',
              "## Scores", '']
-    lines += _scores(metrics)
+    lines += _scores(metrics, measures)
     limits = ("It was trained on 32x32 CIFAR-10 thumbnails: it colours thumbnails of CIFAR-10's ten classes, and a "
               "photograph only through a 32x32 prediction scaled up." if arch['network'] == 'reference' else
               f"It was trained at {size}x{size} on {dataset_name}; pictures unlike its training images get "
@@ -71,16 +66,19 @@ def model_card(config, metrics=None):
     return '\n'.join(lines)
 
 
-def _scores(metrics):
+def _scores(metrics, measures):
     if not metrics:
         return ["Not scored: export with `--metrics out/metrics.json` from `python test.py` to record them here."]
+    if not measures:
+        raise ValueError("a card's scores need the table of measures (metrics/measures.py)")
     label, scores = next(iter(metrics['checkpoints'].items()))
     baseline = metrics.get('baseline', {})
+    shown = [m for m in measures if m.key in scores]
     rows = ["| measure | this model | no colour (ab = 0) |", "|---|---|---|"]
-    for key, title, fmt in SCORES:
-        if key in scores:
-            rows.append(f"| {title} | {fmt.format(scores[key])} | "
-                        f"{fmt.format(baseline[key]) if key in baseline else ''} |")
-    return [f"On {metrics.get('images', '?')} {'CIFAR-10 test' if metrics.get('dataset', 'cifar10') == 'cifar10' else 'validation'} "
-            f"images (test.py, precision {metrics.get('precision', '?')}; the truth's colorfulness is "
-            f"{metrics.get('truth_colorfulness', float('nan')):.2f}):", ''] + rows
+    for m in shown:
+        rows.append(f"| {m.title} ({m.which_way}) | {m.text(scores[m.key])} | "
+                    f"{m.text(baseline[m.key]) if m.key in baseline else ''} |")
+    return ([f"On {metrics.get('images', '?')} {'CIFAR-10 test' if metrics.get('dataset', 'cifar10') == 'cifar10' else 'validation'} "
+             f"images (test.py, precision {metrics.get('precision', '?')}; the truth's colorfulness is "
+             f"{metrics.get('truth_colorfulness', float('nan')):.2f}):", ''] + rows + ['']
+            + [f"- {m.title}: {m.meaning}" for m in shown])

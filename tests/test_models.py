@@ -91,72 +91,6 @@ def test_weight_init_leaves_spectral_layers_at_their_defaults():
     assert abs(D.down1.model[0].weight.std().item() - 0.02) < 0.003
 
 
-MATMUL_CASES = [  # (kernel, stride, padding, input size): the networks' geometry, and a stride-1 one
-    (4, 2, 1, 4), (4, 2, 1, 8), (3, 1, 0, 5)]
-
-
-@pytest.mark.parametrize('transposed', [False, True])
-@pytest.mark.parametrize('k,s,p,size', MATMUL_CASES)
-@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_matrix_product_convolutions_equal_the_library_and_its_gradients(transposed, k, s, p, size, memory_format):
-    """The matrix-product path in float64 (the layers use it in bf16 only) against F.conv2d and
-    F.conv_transpose2d: outputs, and the gradients of input, weight and bias."""
-    from core.convolutions import _ConvByMatmul, _ConvTransposeByMatmul
-    torch.manual_seed(0)
-    shape = (5, 7, k, k) if transposed else (7, 5, k, k)
-    weight = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
-    bias = torch.randn(7, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(3, 5, size, size, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_()
-    fast_fn, lib_fn = ((_ConvTransposeByMatmul, F.conv_transpose2d) if transposed else (_ConvByMatmul, F.conv2d))
-    y, y_lib = fast_fn.apply(x, weight, bias, s, p), lib_fn(x, weight, bias, s, p)
-    assert y.shape == y_lib.shape
-    assert torch.allclose(y, y_lib, atol=1e-12)
-    upstream = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, [x, weight, bias], upstream),
-                    torch.autograd.grad(y_lib, [x, weight, bias], upstream)):
-        assert torch.allclose(a, b, atol=1e-12)
-    # frozen weights (the discriminator during the generator's step): the input gradient alone
-    frozen_w, frozen_b = weight.detach(), bias.detach()
-    (gx,) = torch.autograd.grad(fast_fn.apply(x, frozen_w, frozen_b, s, p), [x], upstream)
-    (gx_lib,) = torch.autograd.grad(lib_fn(x, frozen_w, frozen_b, s, p), [x], upstream)
-    assert torch.allclose(gx, gx_lib, atol=1e-12)
-
-
-def test_two_form_layers_run_the_form_set_for_their_precision():
-    from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
-    for layer, size in [(MatmulConv2d(4, 6, 4, 2, 1), 8), (MatmulConvTranspose2d(4, 6, 4, 2, 1), 4)]:
-        x = torch.randn(2, 4, size, size)
-        assert 'Convolution' in type(layer(x).grad_fn).__name__  # nothing measured, fp32: the library's kernel
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert 'ByMatmul' in type(layer(x).grad_fn).__name__  # nothing measured, bf16: bf16_form
-        layer.forms[torch.float32] = 'matmul'
-        y = layer(x)
-        assert 'ByMatmul' in type(y.grad_fn).__name__
-        layer.forms[torch.float32] = 'library'
-        assert torch.allclose(y, layer(x), atol=1e-5)  # the same convolution in fp32, either way
-
-
-def test_matmul_layers_under_bf16_autocast():
-    from core.convolutions import MatmulConv2d, MatmulConvTranspose2d
-    torch.manual_seed(0)
-    for fast_cls, lib_cls, size in [(MatmulConv2d, nn.Conv2d, 8), (MatmulConvTranspose2d, nn.ConvTranspose2d, 4)]:
-        fast = fast_cls(64, 32, 4, 2, 1).to(memory_format=torch.channels_last)
-        lib = lib_cls(64, 32, 4, 2, 1)
-        lib.load_state_dict(fast.state_dict())
-        x = torch.randn(4, 64, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            y_fast, y_lib = fast(x), lib(x)
-        assert y_fast.dtype == torch.bfloat16
-        assert (y_fast.float() - y_lib.float()).abs().max() < 0.02 * y_lib.float().abs().max()
-        y_fast.float().square().sum().backward()
-        assert fast.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
-        grads = [x.grad.clone(), fast.weight.grad]
-        x.grad = None
-        y_lib.float().square().sum().backward()
-        for a, b in zip(grads, [x.grad, lib.weight.grad]):
-            assert (a - b).abs().max() < 0.03 * b.abs().max()
-
-
 def test_dropout_keeps_half_and_rescales():
     from models import Dropout
     torch.manual_seed(0)
@@ -441,3 +375,12 @@ def test_a_generator_with_a_class_context_keeps_the_reference_layers_and_their_r
     assert ab.shape == (2, 2, image_size, image_size) and logits is None and regressed is None
     assert class_logits.shape == (2, 10)
     assert torch.equal(with_context(L), ab)
+
+
+@pytest.mark.parametrize('size', IMAGE_SIZES)
+def test_every_network_is_built_of_the_librarys_convolutions(size):
+    """The networks as the paper draws them: a CPU's matrix-product forms are swapped in later
+    (core/convolutions.py), never built here."""
+    for model in (build_generator(size), build_discriminator(size, 'batch'), build_discriminator(size, 'spectral')):
+        kinds = {type(m).__name__ for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+        assert kinds <= {'Conv2d', 'ConvTranspose2d', 'SameConv2d', 'ParametrizedConv2d', 'ParametrizedSameConv2d'}, kinds

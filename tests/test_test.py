@@ -290,15 +290,6 @@ def test_test_py_scores_a_folder_per_class_at_the_models_size(tiny_folder, tmp_p
     assert re.search(r'^a +\d', r.stdout, re.M) and re.search(r'^b +\d', r.stdout, re.M)
 
 
-def test_with_many_classes_the_best_and_worst_ten_are_printed():
-    per_class = {'A': {f'class{i:02d}': {'mean_ab_error': i / 100, 'colorfulness': 1.0, 'truth_colorfulness': 2.0}
-                       for i in range(30)}}
-    table = test_cli.format_class_table(per_class, ['A'])
-    shown = re.findall(r'^(class\d\d)', table, re.M)
-    assert shown == [f'class{i:02d}' for i in list(range(10)) + list(range(20, 30))]
-    assert '10 classes between' in table
-
-
 def test_test_py_scores_colour_gap_semantic_accuracy_and_classifier_fd_for_every_row(tiny_cifar, tmp_path):
     """Each generator, the grey images and the true colours get ΔCF, semantic accuracy and
     classifier FD, overall and per class, printed and in metrics.json; the truth's FD is 0 and its

@@ -26,6 +26,10 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from metrics.measures import BY_KEY, MEASURES as EVERY_MEASURE  # noqa: E402
+
 # The ablation list: name -> (recipe, extra flags). Each remedy alone on the spectral recipe, then
 # combinations; the batch-norm recipe for reference. BigColor's learning rates ride with hinge.
 RUNS = {
@@ -55,9 +59,9 @@ RUNS = {
     'class': ('spectral', ['--class_loss', '0.0033']),
     'classify+rebalance+class': ('spectral', ['--ab_head', 'classify', '--rebalance', '0.5', '--class_loss', '0.0033']),
 }
-# The measures in the table, in this order; those test.py does not (yet) write are left blank.
-MEASURES = ('mean_ab_error', 'mae', 'psnr', 'nazeri_accuracy', 'colorfulness', 'colorfulness_gap',
-            'semantic_accuracy', 'classifier_fd')
+# The measures in the table, in metrics/measures.py's order: all but FID, which the runs are not
+# scored with; those test.py does not write are left blank.
+MEASURES = tuple(m.key for m in EVERY_MEASURE if m.key != 'fid')
 PER_CLASS = ('mean_ab_error', 'colorfulness')
 
 
@@ -201,12 +205,7 @@ def read_scores(path, label):
 
 
 def cell(value, measure):
-    if value is None:
-        return ''
-    if measure == 'nazeri_accuracy' or measure == 'semantic_accuracy':
-        return f"{100 * value:.1f}%"
-    return f"{value:.4f}" if measure == 'mean_ab_error' else f"{value:.3f}" if measure in ('mae', 'psnr') \
-        else f"{value:.2f}"
+    return '' if value is None else BY_KEY[measure].text(value)
 
 
 def mean_over_seeds(results):

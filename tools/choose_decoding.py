@@ -28,12 +28,12 @@ sys.path.insert(0, ROOT)
 import utils  # noqa: E402
 from core.cli import OneLineArgumentParser, UserError, number_in, run_cli  # noqa: E402
 from metrics import decoding  # noqa: E402
+from metrics.measures import measures_of  # noqa: E402
 from storage import checkpoints  # noqa: E402
 
 DEFAULT_TEMPERATURES = decoding.TEMPERATURES
-MEASURES = (('colorfulness', 'colourfulness', '{:.2f}'), ('colorfulness_gap', 'ΔCF', '{:.2f}'),
-            ('mean_ab_error', 'mean \\|ab error\\|', '{:.4f}'), ('semantic_accuracy', 'semantic acc', '{:.1%}'),
-            ('classifier_fd', 'classifier FD', '{:.2f}'))
+# The measures in decoding.md, in this order: the rule's, with colourfulness beside its gap.
+MEASURES = measures_of('colorfulness', 'colorfulness_gap', 'mean_ab_error', 'semantic_accuracy', 'classifier_fd')
 
 
 def parse_args(argv=None):
@@ -81,15 +81,15 @@ def score_setting(args, temperature, blend):
 
 
 def decoding_table(checkpoint, settings, chosen, why, truth, images, command):
-    keys = [m for m in MEASURES if all(m[0] in s for s in settings)]
+    shown = [m for m in MEASURES if all(m.key in s for s in settings)]
     lines = [f"Decodings of {checkpoint} on {images} held-out training images "
              f"(the truth's colourfulness {truth:.2f}).", '',
-             '| temperature | blend | ' + ' | '.join(name for _, name, _ in keys) + ' |',
-             '|---|---|' + '---|' * len(keys)]
+             '| temperature | blend | ' + ' | '.join(m.title.replace('|', '\\|') for m in shown) + ' |',
+             '|---|---|' + '---|' * len(shown)]
     for s in settings:
         mark = ' **(chosen)**' if s is chosen else ''
         lines.append(f"| {s['temperature']:g}{mark} | {'' if s['blend'] is None else format(s['blend'], 'g')} | "
-                     + ' | '.join(fmt.format(s[key]) for key, _, fmt in keys) + ' |')
+                     + ' | '.join(m.text(s[m.key]) for m in shown) + ' |')
     flags = f"--temperature {chosen['temperature']:g}" + ('' if chosen['blend'] is None else f" --blend {chosen['blend']:g}")
     lines += ['', f"Chosen: `{flags}` ({why}).", '', 'Command: `' + ' '.join(command) + '`', '']
     return '\n'.join(lines), flags

@@ -17,6 +17,7 @@ from torch import nn
 
 import models
 from core.calibration import recalibrate_generator
+from core.convolutions import swap_in_two_form_layers
 from core.cli import Compute
 from training import distributed, remedies
 from training.nan_watch import NanWatch
@@ -116,6 +117,7 @@ class ColorizationGAN:
                                             0 if ab_classes is None else len(ab_classes), n_classes)
             models.set_decoding(self.G, args.temperature, args.blend, None if ab_classes is None else ab_classes.centres)
         self.D = models.build_discriminator(args.image_size, args.disc_norm)
+        swap_in_two_form_layers(self.G), swap_in_two_form_layers(self.D)  # their forms: training/layer_forms.py
         if args.apply_weight_init:
             models.init_weights(self.G), models.init_weights(self.D)
         self.G.to(device, memory_format=self.memory_format), self.D.to(device, memory_format=self.memory_format)

@@ -265,3 +265,14 @@ def test_a_full_disk_during_training_ends_in_one_line_and_keeps_the_previous_che
     assert previous['epoch'] == 0
     G, _, _ = checkpoints.load_generator(os.path.join(ck, 'generator_ep0.safetensors'), 'cpu')
     assert all(torch.equal(t, previous['generator'][k]) for k, t in G.state_dict().items())
+
+
+def test_a_loaded_generator_has_the_two_form_layers_a_run_trained_with(tmp_path):
+    """Built of the library's layers (models.py), then swapped: in bf16 on a CPU it computes as
+    in training; its state dict, that of a plain generator, loads into it."""
+    from models import Generator
+    from core.convolutions import two_form_layers
+    path = str(tmp_path / 'g.pt')
+    torch.save(Generator().state_dict(), path)
+    G, _, _ = checkpoints.load_generator(path, torch.device('cpu'))
+    assert sorted(two_form_layers(G)) == ['down4.model.0', 'down5.model.0', 'up1.model.0', 'up2.model.0']

@@ -1,5 +1,8 @@
 """A model folder's description (storage/modelcard.py): config.json from a checkpoint's options,
 and the model card's header, sections and score table (the end-to-end folder: tests/test_export.py)."""
+import pytest
+
+from metrics.measures import MEASURES
 from storage import modelcard
 
 ARCH = {'gen_norm': 'batch', 'gen_dropout': 0.5, 'image_size': 32, 'network': 'reference'}
@@ -20,13 +23,17 @@ def test_the_card_has_its_header_sections_and_every_score_given():
     metrics = {'images': 10000, 'precision': 'fp32', 'truth_colorfulness': 33.2,
                'checkpoints': {'g': {'mae': 12.3456, 'psnr': 21.234, 'semantic_accuracy': 0.8543}},
                'baseline': {'mae': 20.5, 'psnr': 19.0}}
-    card = modelcard.model_card(config, metrics)
+    card = modelcard.model_card(config, metrics, MEASURES)
     assert card.startswith('---\nlibrary_name: colorization-gan\n')
     assert card.index('## What it is') < card.index('## Training') < card.index('## Scores') < card.index('## Limits')
-    assert '| MAE of the RGB images, 0-255 (lower is better) | 12.346 | 20.500 |' in card
-    assert '| PSNR, dB (higher is better) | 21.23 | 19.00 |' in card
-    assert "top-1 (higher is better) | 85.4% |  |" in card
+    # as test.py's results page writes them: the same titles and formats
+    assert '| MAE (lower is better) | 12.346 | 20.500 |' in card
+    assert '| PSNR dB (higher is better) | 21.234 | 19.000 |' in card
+    assert "| semantic accuracy (higher is better) | 85.4% |  |" in card
+    assert '- MAE: mean absolute difference of the uint8 RGB images (0-255)' in card
     assert 'FID' not in card  # not scored, so not listed
+    with pytest.raises(ValueError, match='measures'):
+        modelcard.model_card(config, metrics)
     assert 'On 10000 CIFAR-10 test images' in card and '33.20' in card
     assert '`--disc_norm spectral`' in card and 'epoch 7, step 1234, seed 3' in card
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, command_line
 
 
 def ablation(data, out, *flags):
@@ -47,6 +47,14 @@ def test_the_ablation_trains_scores_tabulates_and_skips_what_is_done(tiny_cifar,
 
     again = ablation(tiny_cifar, out, '--only', 'spectral', 'classify', '--holdout', '16')
     assert again.returncode == 0 and again.stdout.count('done before') == 2, again.stdout + again.stderr
+
+
+def test_the_table_writes_each_measure_as_test_pys_results_page_does():
+    tool = command_line('tools/ablation')
+    assert 'fid' not in tool.MEASURES and tool.MEASURES[:2] == ('mean_ab_error', 'mae')
+    cells = [tool.cell(v, m) for v, m in ((0.07312, 'mean_ab_error'), (12.7671, 'mae'), (0.2654, 'nazeri_accuracy'),
+                                          (3.456, 'colorfulness_gap'), (None, 'psnr'))]
+    assert cells == ['0.0731', '12.767', '26.5%', '3.46', '']
 
 
 def test_an_unknown_run_is_one_line(tmp_path):

@@ -11,6 +11,21 @@ def load_tool():
     return command_line('tools/choose_decoding')
 
 
+def setting(t, gap, accuracy, fd, error):
+    return {'temperature': t, 'blend': None, 'colorfulness_gap': gap, 'semantic_accuracy': accuracy,
+            'classifier_fd': fd, 'mean_ab_error': error}
+
+
+def test_the_table_has_the_results_pages_titles_and_formats_escaped_for_markdown():
+    tool = load_tool()
+    settings = [dict(setting(0.1, 1.234, 0.8, 2.0, 0.0912), colorfulness=30.111)]
+    table, flags = tool.decoding_table('ck.pt', settings, settings[0], 'why', 33.0, 16, ['python', 'x'])
+    lines = table.splitlines()
+    assert lines[2] == '| temperature | blend | colorfulness | ΔCF | mean \\|ab error\\| | semantic accuracy | classifier FD |'
+    assert lines[4] == '| 0.1 **(chosen)** |  | 30.11 | 1.23 | 0.0912 | 80.0% | 2.00 |'
+    assert flags == '--temperature 0.1'
+
+
 def test_each_setting_is_test_pys_score_on_the_held_out_images_and_the_choice_follows_the_rule(tiny_cifar, tmp_path):
     ck = str(tmp_path / 'ck')
     r = run_train(train_command(tiny_cifar, ck, '--ab_head', 'classify', '--holdout', '16', '--max_steps', '2',

@@ -193,3 +193,11 @@ def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_
             losses.append(torch.nn.functional.cross_entropy(gan.G(lab[:, :1], with_logits=True)[3], classes,
                                                             ignore_index=-1).item())
     assert losses[-1] < 0.25 * losses[0]
+
+
+def test_the_networks_are_built_with_their_candidate_layers_two_form_and_the_average_too():
+    from core.convolutions import two_form_layers
+    gan = ColorizationGAN(parse_training_args(['--disc_norm', 'spectral']))
+    products = ['down4.model.0', 'down5.model.0', 'up1.model.0', 'up2.model.0']
+    assert sorted(two_form_layers(gan.G)) == products and sorted(two_form_layers(gan.G_ema)) == products
+    assert sorted(two_form_layers(gan.D)) == ['down4.model.0']
