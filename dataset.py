@@ -173,27 +173,27 @@ def load_split(data_path, train, download=True):
     return LabImages(rgb, labels)
 
 
-def open_splits(args, procs, pin_memory=False):
-    """(training set, test set) of a run's flags (--dataset, --data_path, --image_size,
-    --num_workers, --holdout: the training set without its last N images); the test set on the
-    first process only, which alone validates. The first process on each machine downloads
-    CIFAR-10 if needed while the others wait."""
-    if args.dataset == 'folder':
+def open_splits(dataset, data_path, image_size, batch_size, procs, num_workers=0, holdout=0, pin_memory=False):
+    """(training set, test set) of a run (train.py's --dataset, --data_path, --image_size,
+    --batch_size, --num_workers, --holdout: the training set without its last N images); the test
+    set on the first process only, which alone validates. The first process on each machine
+    downloads CIFAR-10 if needed while the others wait."""
+    if dataset == 'folder':
         def split(train):
-            return open_split('folder', args.data_path, train, args.image_size, args.num_workers, pin_memory)
+            return open_split('folder', data_path, train, image_size, num_workers, pin_memory)
         train_set, test_set = split(train=True), split(train=False) if procs.is_main else None
     else:
         if procs.local_rank > 0:
             procs.barrier()
-        train_set = load_split(args.data_path, train=True)
-        test_set = load_split(args.data_path, train=False) if procs.is_main else None
+        train_set = load_split(data_path, train=True)
+        test_set = load_split(data_path, train=False) if procs.is_main else None
         if procs.local_rank == 0:
             procs.barrier()
-    if getattr(args, 'holdout', 0):
-        train_set, _ = split_holdout(train_set, args.holdout)
-        print(f"--holdout {args.holdout}: training on the first {len(train_set)} training images, "
-              f"the last {args.holdout} kept out for test.py --split holdout")
-    last_batch = len(train_set) % args.batch_size
+    if holdout:
+        train_set, _ = split_holdout(train_set, holdout)
+        print(f"--holdout {holdout}: training on the first {len(train_set)} training images, "
+              f"the last {holdout} kept out for test.py --split holdout")
+    last_batch = len(train_set) % batch_size
     if 0 < last_batch < procs.world_size:
         raise UserError(f"the last batch of each epoch holds {last_batch} of the {len(train_set)} training images, "
                         f"fewer than the {procs.world_size} processes: pick another --batch_size or fewer processes")

@@ -28,7 +28,7 @@ from training.gan import STAT_NAMES, ColorizationGAN, summarize
 from training.ab_classes import AbClasses
 from training.layer_forms import choose_layer_forms
 from training.nan_watch import NonFiniteLoss
-from training.options import parse_training_args as parse_args
+from training.options import configs_from_args, parse_training_args as parse_args
 from training.runlog import TensorBoardLog
 
 
@@ -118,7 +118,8 @@ def set_up(args, compute, procs):
         # the head's bins are the training images' colours, the class context's size their classes: the data first
         with timed(spent, 'data'):
             data = open_data(args, procs, compute)
-    gan = ColorizationGAN(args, compute, procs, ab_classes=data[2] if data else None,
+    model_config, train_config = configs_from_args(args)
+    gan = ColorizationGAN(model_config, train_config, compute, procs, ab_classes=data[2] if data else None,
                           n_classes=count_classes(data[0], args) if args.class_loss else 0)
     if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
         torch.manual_seed(distributed.process_seed(args.seed, procs.rank, 0))
@@ -126,7 +127,7 @@ def set_up(args, compute, procs):
     if resume_path:
         # The first process reads the checkpoint and hands it to the others, which need no access to its folder.
         ckpt = procs.broadcast(checkpoints.load_checkpoint(resume_path) if procs.is_main else None)
-        first_epoch, first_batch, step = checkpoints.restore_training(ckpt, resume_path, args, gan)
+        first_epoch, first_batch, step = checkpoints.restore_training(ckpt, resume_path, gan)
         distributed.restore_random_state(ckpt, procs, args.seed, compute.device)
         saved_forms = ckpt.get('layer_forms')
         del ckpt
@@ -139,7 +140,8 @@ def set_up(args, compute, procs):
     print('options: ' + json.dumps(run_info, sort_keys=True))
     made_by = provenance.provenance()
     with timed(spent, 'layer forms'):
-        layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
+        layer_forms, forms_line = choose_layer_forms(gan, args.batch_size, args.autotune, args.layer_forms_cache,
+                                                     saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
         train_set, test_set, _, gan.pixel_weights = data or open_data(args, procs, compute)
@@ -167,7 +169,8 @@ def open_data(args, procs, compute):
     """(training set with the remedies applied, test set, the training images' ab bins where
     --ab_head is classify or both, else None, the L1's pixel weights under --rebalance with the
     regression head, else None)."""
-    train_set, test_set = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
+    train_set, test_set = dataset.open_splits(args.dataset, args.data_path, args.image_size, args.batch_size, procs,
+                                              args.num_workers, args.holdout, pin_memory=compute.device.type == 'cuda')
     train_set, pixel_weights = apply_remedies(args, procs, compute, train_set)
     ab_classes = None
     if args.ab_head != 'regress':
@@ -365,7 +368,7 @@ def save(run, path, epoch, batches_done, G_eval=None, rng_states=None):
     if run.procs.is_main:
         with timed(run.spent, 'checkpoints'):
             checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
-                run.gan, epoch, batches_done, run.step, run.args, [cpu for cpu, _ in rng_states], run.layer_forms,
+                run.gan, epoch, batches_done, run.step, vars(run.args), [cpu for cpu, _ in rng_states], run.layer_forms,
                 G_eval, run.provenance, gpu_rng_states=[gpu for _, gpu in rng_states]))
 
 
@@ -446,7 +449,9 @@ def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path):
     with timed(run.spent, 'checkpoints'):
         weights = checkpoints.save_generator_weights(
             checkpoints.generator_weights_path(args.save_path, epoch), G_eval.state_dict(),
-            checkpoints.generator_config(vars(args)), epoch, run.step, args.seed, holdout=args.holdout)
+            checkpoints.generator_config(run.gan.model_config.to_dict()), epoch, run.step, args.seed,
+            holdout=args.holdout, dataset=args.dataset, data_path=args.data_path,
+            model_config=run.gan.model_config.to_dict(), train_config=run.gan.train_config.to_dict())
     save(run, path, epoch, done, G_eval, rng_states)
     print(f"saved {path}, {weights} and {grid_path}")
 

@@ -8,7 +8,7 @@ from training import gan as gan_module
 from core.cli import Compute
 from conftest import assert_unchanged, cpu_precisions, everything_a_step_changes, lab_batch
 from training.gan import ColorizationGAN, learning_rate, summarize
-from training.options import parse_training_args
+from training.options import configs_from_args, parse_training_args
 
 
 def fixed_batch(n=16):
@@ -18,7 +18,7 @@ def fixed_batch(n=16):
 def contiguous_gan(*flags):
     """A GAN of these flags on the CPU in fp32, its networks in the contiguous memory format
     (seeded by --seed, 0 by default, as train.py builds it)."""
-    return ColorizationGAN(parse_training_args(['--channels_last', 'off', *flags]))
+    return ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', *flags])))
 
 
 @pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])
@@ -91,7 +91,7 @@ def test_a_step_reads_no_number_back(monkeypatch):
 
 def test_the_gan_runs_with_its_defaults_alone():
     """No autocast, device or process group to pass: the defaults are a CPU in fp32, one process."""
-    g = ColorizationGAN(parse_training_args([]))
+    g = ColorizationGAN(*configs_from_args(parse_training_args([])))
     assert g.compute == Compute(torch.device('cpu'), 'fp32') and not g.procs.distributed
     sums, fake_ab = g.evaluate(g.G.eval(), fixed_batch(4))
     assert fake_ab.shape == (4, 2, 32, 32) and sums[-1].item() == 4
@@ -128,7 +128,7 @@ def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_fo
     batches = [torch.nn.functional.interpolate(lab_batch(4, seed=s), size=(size, size)) for s in (1, 2, 3)]
     results = []
     for once in (False, True):
-        gan = ColorizationGAN(args, Compute(torch.device('cpu'), precision))
+        gan = ColorizationGAN(*configs_from_args(args), Compute(torch.device('cpu'), precision))
         assert gan.scores_fake_once
         gan.scores_fake_once = once
         passes = []
@@ -142,7 +142,7 @@ def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_fo
 
 def test_a_spectral_norm_discriminator_keeps_its_three_passes():
     """Its power iteration advances at every pass, so its second score of the fake batch differs."""
-    gan = ColorizationGAN(parse_training_args(['--disc_norm', 'spectral', '--batch_size', '4']))
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--disc_norm', 'spectral', '--batch_size', '4'])))
     passes = []
     gan.D.register_forward_hook(lambda *_: passes.append(1))
     gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
@@ -155,7 +155,7 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
     """Also where an activation follows a matrix-product layer directly (the spectral recipe's
     D.down4): the activations that run in place must not touch a custom function's output."""
     from core import convolutions
-    gan = ColorizationGAN(parse_training_args(['--disc_norm', disc_norm, '--batch_size', '4']),
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--disc_norm', disc_norm, '--batch_size', '4'])),
                           Compute(torch.device('cpu'), precision))
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     for model in (gan.G, gan.G_ema, gan.D):
@@ -167,23 +167,23 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
 
 
 def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_images():
-    gan = ColorizationGAN(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25']), n_classes=10)
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25'])), n_classes=10)
     plain = contiguous_gan()
     lab, classes = fixed_batch(8), torch.tensor([0, 3, 9, -1, 2, 2, 5, 7])
     gan.G.eval(), plain.G.eval()
     with torch.no_grad():
         ab, _, _, class_logits = gan.G(lab[:, :1], with_logits=True)
         scores = gan.D(torch.cat([lab[:, :1], ab], 1))
-        with_classes = gan.generator_loss_terms(lab[:, 1:], ab, scores, (None, None, class_logits), classes)
-        without = plain.generator_loss_terms(lab[:, 1:], ab, scores)
+        with_classes = gan.generator_loss(lab[:, 1:], ab, scores, (None, None, class_logits), classes)
+        without = plain.generator_loss(lab[:, 1:], ab, scores)
     # the image without a class (-1) is left out of the mean
     labelled = classes >= 0
     by_hand = -torch.log_softmax(class_logits[labelled], 1)[torch.arange(7), classes[labelled]].mean()
-    assert with_classes[:2] == without[:2]
-    assert (with_classes[2] - without[2]).item() == pytest.approx(0.25 * by_hand.item(), rel=1e-5)
+    assert with_classes.adversarial == without.adversarial and with_classes.l1 == without.l1
+    assert (with_classes.total - without.total).item() == pytest.approx(0.25 * by_hand.item(), rel=1e-5)
     # and steps with the labels train the class prediction towards them (a heavier weight, to see it in 15
     # steps; measured in training mode, as the batch statistics of so few steps are not yet the running ones)
-    gan = ColorizationGAN(parse_training_args(['--channels_last', 'off', '--class_loss', '5']), n_classes=10)
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '5'])), n_classes=10)
     losses = []
     for step in range(1, 16):
         gan.step(lab, step, classes=classes)
