@@ -432,7 +432,7 @@ def log_epoch_to_tensorboard(run, val_m, colour_scores, grid):
     values = dict({k: v for k, v in val_m.items() if k != 'images'}, **colour)
     run.tensorboard.scalars(run.step, values, 'val')
     run.tensorboard.image('samples', grid, run.step)
-    run.tensorboard.hparams(run.args, {'hparam/val_g_l1': val_m['g_l1'],
+    run.tensorboard.hparams(vars(run.args), {'hparam/val_g_l1': val_m['g_l1'],
                                        **{f'hparam/val_{key}': value for key, value in colour.items()}})
     run.tensorboard.flush()
     # The epoch's first --log_steps window starts after validation, not before it.

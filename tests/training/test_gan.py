@@ -1,4 +1,7 @@
-"""The GAN under training (training/gan.py): its step, its losses, its schedule."""
+"""The GAN under training (training/gan.py): its step, its losses, its schedule; docs/usage.md's
+example of it built from Python."""
+import os
+import re
 
 import numpy as np
 import pytest
@@ -6,7 +9,7 @@ import torch
 
 from training import gan as gan_module
 from core.cli import Compute
-from conftest import assert_unchanged, cpu_precisions, everything_a_step_changes, lab_batch
+from conftest import ROOT, assert_unchanged, cpu_precisions, everything_a_step_changes, lab_batch
 from training.gan import ColorizationGAN, learning_rate, summarize
 from training.options import configs_from_args, parse_training_args
 
@@ -100,7 +103,8 @@ def test_the_gan_runs_with_its_defaults_alone():
 
 def test_no_default_argument_is_an_object_built_at_import():
     import inspect
-    for module in (gan_module,):
+    from training import config, loss
+    for module in (gan_module, loss, config):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             for _, fn in inspect.getmembers(obj, inspect.isfunction):
                 for p in inspect.signature(fn).parameters.values():
@@ -191,3 +195,23 @@ def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_
             losses.append(torch.nn.functional.cross_entropy(gan.G(lab[:, :1], with_logits=True)[3], classes,
                                                             ignore_index=-1).item())
     assert losses[-1] < 0.25 * losses[0]
+
+
+def usage_example():
+    """The Python block of docs/usage.md's "From Python" section, as written there."""
+    text = open(os.path.join(ROOT, 'docs', 'usage.md')).read()
+    section = text[text.index('\n## From Python\n'):]
+    return re.search(r'```python\n(.*?)```', section, re.S).group(1)
+
+
+def test_the_usage_example_builds_the_gan_from_configs_and_steps(capsys):
+    """docs/usage.md's example runs as written (so it cannot rot) and trains: the generator's
+    weights move, and the losses it prints are finite."""
+    namespace = {}
+    exec(compile(usage_example(), 'docs/usage.md', 'exec'), namespace)
+    gan = namespace['gan']
+    assert gan.model_config.disc_norm == 'spectral' and not gan.scores_fake_once
+    untrained = ColorizationGAN(namespace['model_config'], namespace['train_config'])
+    assert not all(torch.equal(a, b) for a, b in zip(gan.G.parameters(), untrained.G.parameters()))
+    printed = capsys.readouterr().out
+    assert "'g_l1'" in printed and 'nan' not in printed

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import assert_unchanged, everything_a_step_changes, lab_batch
-from training import gan as gan_module
+from training import loss
 from training.gan import ColorizationGAN
 from training.nan_watch import NonFiniteLoss
 from training.options import configs_from_args, parse_training_args
@@ -29,10 +29,10 @@ class FakeGPUTensor(torch.Tensor):
 def poison(monkeypatch, poisoned):
     """Make the named network's loss NaN, found only after the generator's backward pass; returns
     a function that undoes it."""
-    bce = gan_module.bce
+    bce = loss.bce
     target = 1.0 if poisoned == 'generator' else 0.0
-    monkeypatch.setattr(gan_module, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
-    return lambda: monkeypatch.setattr(gan_module, 'bce', bce)
+    monkeypatch.setattr(loss, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
+    return lambda: monkeypatch.setattr(loss, 'bce', bce)
 
 
 @pytest.mark.parametrize('poisoned', ['generator', 'discriminator'])
