@@ -67,7 +67,8 @@ def save_checkpoint(path, state):
 
 def load_checkpoint(path):
     """A checkpoint as a dict. A .safetensors file (a generator alone) comes back shaped like a
-    training checkpoint: {'generator', 'args', 'epoch', 'step', ...}; so does a model folder."""
+    training checkpoint: {'generator', 'args', 'model_config', 'epoch', 'step', ...}; so does a
+    model folder."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'model.safetensors')):
         return load_generator_weights(os.path.join(path, 'model.safetensors'))
     if not os.path.isfile(path):

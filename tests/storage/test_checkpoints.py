@@ -136,6 +136,35 @@ def test_the_previous_releases_checkpoints_resume_score_colorize_and_export(tiny
     assert colorized['old'] == colorized['old_checkpoint'] == colorized['converted']
 
 
+def test_a_checkpoint_records_the_configs_and_a_previous_releases_gives_them_from_its_flags(tmp_path):
+    """The configs go into the checkpoint as plain dicts and come back equal; without them (the
+    previous release wrote only `args`), they are derived from the saved flags, the flags added
+    since taking their defaults."""
+    from models import ModelConfig
+    from training.config import TrainConfig
+    from training.gan import ColorizationGAN
+    model = ModelConfig(disc_norm='spectral', gen_dropout=0.25, class_context=True)
+    training = TrainConfig(class_loss=0.5, smoothing=1.0, seed=3)
+    gan = ColorizationGAN(model, training, n_classes=10)
+    flags = {'gen_norm': 'batch', 'disc_norm': 'spectral', 'gen_dropout': 0.25, 'class_loss': 0.5,
+             'smoothing': 1.0, 'seed': 3, 'save_path': str(tmp_path)}
+    path = str(tmp_path / 'c.pt')
+    checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(gan, 0, 0, 1, flags, [torch.get_rng_state()],
+                                                                      None))
+    ckpt = checkpoints.load_checkpoint(path)
+    assert ckpt['model_config'] == model.to_dict() and ckpt['train_config'] == training.to_dict()
+    assert checkpoints.model_config_of(ckpt) == model and TrainConfig.from_dict(ckpt['train_config']) == training
+    previous = {key: value for key, value in ckpt.items() if key not in ('model_config', 'train_config')}
+    assert checkpoints.model_config_of(previous) == model
+    assert TrainConfig.from_flags(previous['args']) == training
+    assert checkpoints.model_config_of({'args': {'gen_norm': 'instance'}}) == ModelConfig(gen_norm='instance')
+    # and the GAN resumes from it, the same weights back
+    again = ColorizationGAN(model, training, n_classes=10)
+    torch.nn.init.zeros_(next(again.G.parameters()))
+    assert checkpoints.restore_training(previous, path, again) == (1, 0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(again.G.parameters(), gan.G.parameters()))
+
+
 @pytest.mark.parametrize('first, then', [(['--class_loss', '0.5'], []), ([], ['--class_loss', '0.5'])],
                          ids=['with-then-without', 'without-then-with'])
 def test_resuming_with_or_without_the_class_context_is_one_line_naming_class_loss(tiny_cifar, tmp_path, first, then):
@@ -176,7 +205,7 @@ def test_a_mid_epoch_generator_file_of_a_folder_run_keeps_its_data_and_colorizes
     run_args = checkpoints.load_checkpoint(exported)['args']
     assert run_args['dataset'] == 'folder' and run_args['data_path'] == tiny_folder
 
-    photos = tmp_path / 'photos'
+    photos = tmp_path / 'pictures'
     photos.mkdir()
     cv2.imwrite(str(photos / 'a.png'), cv2.resize(smooth_images(1, seed=4)[0], (90, 70)))
     for generator, out in ((step_checkpoint, 'from_checkpoint'), (exported, 'from_file')):
