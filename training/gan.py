@@ -24,7 +24,9 @@ from training import distributed, loss
 from training.nan_watch import NanWatch
 from training.optimizers import adam
 
-STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
+# What a step reports, summed over its batch: the losses' reported terms (training/loss.py), then
+# D's hits and the batch's images.
+STAT_NAMES = loss.REPORTED + ('real_correct', 'fake_correct', 'images')
 
 
 def learning_rate(base_lr, step, decay_rate, decay_steps):
@@ -54,7 +56,7 @@ def summarize(sums):
     """Means per image of a tensor of STAT_NAMES sums (accuracies: the share of scores right)."""
     s = dict(zip(STAT_NAMES, sums.tolist()))
     n = max(s['images'], 1)
-    return {'g_adv': s['g_adv'] / n, 'g_l1': s['g_l1'] / n, 'g_loss': s['g_loss'] / n, 'd_loss': s['d_loss'] / n,
+    return {**{name: s[name] / n for name in loss.REPORTED},
             'd_acc': (s['real_correct'] + s['fake_correct']) / (2 * n), 'd_acc_real': s['real_correct'] / n,
             'd_acc_fake': s['fake_correct'] / n, 'images': int(s['images'])}
 
@@ -67,7 +69,7 @@ def batch_sums(lab, g, d):
 
     def share_right(hits):
         return hits.float().reshape(n, -1).mean(dim=1).sum()
-    return torch.stack([g.adversarial.detach() * n, g.l1.detach() * n, g.total.detach() * n, d.total.detach() * n,
+    return torch.stack([*(term.detach() * n for term in loss.reported_terms(g, d)),
                         share_right(d.real_scores.detach() > 0), share_right(d.fake_scores.detach() <= 0),
                         # a fill, not a copy from the host, which would wait for the device
                         torch.full((), float(n), device=lab.device)])

@@ -14,22 +14,40 @@ import torch
 import torch.nn.functional as F
 
 
+def reported(name):
+    """A loss term that every step reports, summed over its batch, as `name` (log.csv's column,
+    training/gan.py's STAT_NAMES): a term added with it is logged with no other change."""
+    return dataclasses.field(metadata={'reported': name})
+
+
 @dataclasses.dataclass
 class GeneratorLoss:
     """`adversarial`: the adversarial term; `l1`: the plain mean |ab error| of the decoded ab (what
     is reported, whatever the reconstruction term); `total`: what the generator steps on."""
-    adversarial: torch.Tensor
-    l1: torch.Tensor
-    total: torch.Tensor
+    adversarial: torch.Tensor = reported('g_adv')
+    l1: torch.Tensor = reported('g_l1')
+    total: torch.Tensor = reported('g_loss')
 
 
 @dataclasses.dataclass
 class DiscriminatorLoss:
     """`total`: what the discriminator steps on; its scores (logits) of the real and fake batches,
     for its accuracy."""
-    total: torch.Tensor
+    total: torch.Tensor = reported('d_loss')
     real_scores: torch.Tensor
     fake_scores: torch.Tensor
+
+
+LOSS_CLASSES = (GeneratorLoss, DiscriminatorLoss)
+# The reported terms' names, in the order reported_terms gives them.
+REPORTED = tuple(field.metadata['reported'] for cls in LOSS_CLASSES for field in dataclasses.fields(cls)
+                 if 'reported' in field.metadata)
+
+
+def reported_terms(*losses):
+    """The reported terms of a GeneratorLoss and a DiscriminatorLoss, in REPORTED's order."""
+    return [getattr(terms, field.name) for terms in losses for field in dataclasses.fields(terms)
+            if 'reported' in field.metadata]
 
 
 # ---------------------------------------------------------------- adversarial
