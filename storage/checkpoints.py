@@ -270,7 +270,8 @@ def load_generator_weights(path):
             return json.loads(metadata[key])
         return None
     configs = {key: config(key) for key in ('model_config', 'train_config')}
-    return {'generator': state, **{key: value for key, value in configs.items() if isinstance(value, dict)}, 'generator_exact_statistics': metadata.get('exact_statistics') != 'false',
+    return {'generator': state, **{key: value for key, value in configs.items() if isinstance(value, dict)},
+            'generator_exact_statistics': metadata.get('exact_statistics') != 'false',
             'epoch': number('epoch', int), 'step': number('step', int),
             'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float, 0.0),
                      'seed': number('seed', int, 0), 'image_size': number('image_size', int, 32),

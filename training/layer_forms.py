@@ -113,9 +113,9 @@ def choose_layer_forms(gan, batch_size, autotune='on', cache_path=None, saved=No
     `batch_size` images: the choice `saved` in a checkpoint when it was measured for the same
     machine and settings, else the one stored in the cache `cache_path` (--layer_forms_cache;
     None: default_cache_path()) for the same key, else measured now and stored (`autotune`
-    'remeasure': measured now whatever is saved or stored; 'off': the fixed defaults). Returns the record to save (None where
-    nothing was chosen: GPUs, --autotune off) and a line that says what was chosen and where it
-    came from. Under torchrun the first process chooses and all take its choice, so that every
+    'remeasure': measured now whatever is saved or stored; 'off': the fixed defaults). Returns
+    the record to save (None where nothing was chosen: GPUs, --autotune off) and a line that says
+    what was chosen and where it came from. Under torchrun the first process chooses and all take its choice, so that every
     process computes the same way."""
     device, precision, procs = gan.compute.device, gan.compute.precision, gan.procs
     if device.type != 'cpu' or autotune == 'off':

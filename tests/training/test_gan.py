@@ -171,7 +171,8 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
 
 
 def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_images():
-    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25'])), n_classes=10)
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25'])),
+                          n_classes=10)
     plain = contiguous_gan()
     lab, classes = fixed_batch(8), torch.tensor([0, 3, 9, -1, 2, 2, 5, 7])
     gan.G.eval(), plain.G.eval()
@@ -187,7 +188,8 @@ def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_
     assert (with_classes.total - without.total).item() == pytest.approx(0.25 * by_hand.item(), rel=1e-5)
     # and steps with the labels train the class prediction towards them (a heavier weight, to see it in 15
     # steps; measured in training mode, as the batch statistics of so few steps are not yet the running ones)
-    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '5'])), n_classes=10)
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '5'])),
+                          n_classes=10)
     losses = []
     for step in range(1, 16):
         gan.step(lab, step, classes=classes)

@@ -40,7 +40,8 @@ def poison(monkeypatch, poisoned):
 @pytest.mark.parametrize('where', ['device', 'host'])
 def test_a_skipped_step_leaves_networks_optimizers_scaler_and_average_as_they_were(where, poisoned, disc_norm,
                                                                                    monkeypatch):
-    g = ColorizationGAN(*configs_from_args(parse_training_args(['--nan_policy', 'skip', '--disc_norm', disc_norm, '--channels_last', 'off'])))
+    args = parse_training_args(['--nan_policy', 'skip', '--disc_norm', disc_norm, '--channels_last', 'off'])
+    g = ColorizationGAN(*configs_from_args(args))
     assert g.nan_watch.on_device  # the fused optimizers take the skip on the device
     g.nan_watch.on_device = where == 'device'  # 'host': as with a gradient scaler or unfused optimizers
     lab = fixed_batch(4)
