@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import dataclasses
 import time
 import warnings
 
@@ -37,19 +38,30 @@ from core import pictures
 from core.cli import (Compute, OneLineArgumentParser, UserError, add_compute_flags, cpu_description, gpu_description,
                  number_in, run_cli)
 from dataset import DATASETS, LabImages, load_split
-from models import IMAGE_SIZES, Discriminator, Generator, init_weights
+from models import IMAGE_SIZES, Discriminator, Generator, ModelConfig, init_weights
 from core.folders import FolderImages
 from training.gan import ColorizationGAN, learning_rate, use_channels_last
 from training.ab_classes import AbClasses
+from training.config import TrainConfig
 from training.layer_forms import choose_layer_forms
-from training.options import RECIPES as TRAINING_RECIPES, parse_training_args
+from training.options import RECIPES as TRAINING_RECIPES
 
-# The default flags, and the reference's spectral-norm recipe.
-RECIPES = {'default': [], 'spectral': TRAINING_RECIPES['spectral'],
-           # the colour-distribution heads (train.py --ab_head) on the spectral recipe: their step's cost
-           'classify': TRAINING_RECIPES['spectral'] + ['--ab_head', 'classify'],
-           'both': TRAINING_RECIPES['spectral'] + ['--ab_head', 'both'],
-           'class': TRAINING_RECIPES['spectral'] + ['--class_loss', '0.0033']}
+# The recipes timed, as the configs the GAN is built from: train.py's defaults, the reference's
+# spectral-norm recipe, and on it the colour-distribution heads (train.py --ab_head) and the class
+# context (--class_loss). tests/test_bench.py checks that each is what train.py makes of RECIPE_FLAGS.
+SPECTRAL_MODEL = ModelConfig(disc_norm='spectral')
+SPECTRAL_TRAINING = TrainConfig(smoothing=1.0, l1_weight=0.985, base_lr_gen=2e-4, base_lr_disc=2e-4,
+                                lr_decay_steps=4e4)
+RECIPES = {'default': (ModelConfig(), TrainConfig()), 'spectral': (SPECTRAL_MODEL, SPECTRAL_TRAINING),
+           'classify': (dataclasses.replace(SPECTRAL_MODEL, ab_head='classify'), SPECTRAL_TRAINING),
+           'both': (dataclasses.replace(SPECTRAL_MODEL, ab_head='both'), SPECTRAL_TRAINING),
+           'class': (dataclasses.replace(SPECTRAL_MODEL, class_context=True),
+                     dataclasses.replace(SPECTRAL_TRAINING, class_loss=0.0033))}
+# The same recipes as train.py's flags, for tools/ab_steps.py, which hands them to two commits' command lines.
+RECIPE_FLAGS = {'default': [], 'spectral': TRAINING_RECIPES['spectral'],
+                'classify': TRAINING_RECIPES['spectral'] + ['--ab_head', 'classify'],
+                'both': TRAINING_RECIPES['spectral'] + ['--ab_head', 'both'],
+                'class': TRAINING_RECIPES['spectral'] + ['--class_loss', '0.0033']}
 # The reference-style data path reads this many PNG files (enough that no timing runs out of them).
 BASELINE_IMAGES = 2048
 # Batch sizes and loader workers timed where none are given: 64- to 256-pixel networks are heavy.
@@ -185,23 +197,22 @@ def endless_batches(images, batch_size, device, memory_format):
             yield lab.contiguous(memory_format=memory_format)
 
 
-def recipe_args(flags, batch_size, **overrides):
-    """train.py's flags for a recipe, as the GAN object takes them."""
-    args = parse_training_args(flags + ['--batch_size', str(batch_size)])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
+def recipe_gan(recipe, compute, images, **training):
+    """The GAN of `recipe` (a (ModelConfig, TrainConfig) pair, its TrainConfig's fields
+    `training` replaced), with the ab bins of `images` for a distribution head."""
+    model_config, train_config = recipe
+    return ColorizationGAN(model_config, dataclasses.replace(train_config, **training), compute,
+                           ab_classes=head_classes(recipe, images, compute.device),
+                           n_classes=CLASSES if model_config.class_context else 0)
 
 
-def project_step(flags, batch_size, images, compute, channels_last, autotune, pool=None):
-    """train.py's step as train.py runs it, and the line saying which layer forms it chose.
-    `pool`: ready batches to cycle through instead of `images`' data path (a folder's, decoded
-    in advance, so that the timing holds the step alone)."""
-    args = recipe_args(flags, batch_size, autotune=autotune, channels_last='on' if channels_last else 'off')
-    gan = ColorizationGAN(args, compute, ab_classes=head_classes(args, images, compute.device),
-                          n_classes=CLASSES if args.class_loss else 0)
-    classes = step_classes(args, batch_size, compute.device)
-    _, forms_line = choose_layer_forms(gan)
+def project_step(recipe, batch_size, images, compute, channels_last, autotune, pool=None):
+    """train.py's step as train.py runs it for `recipe` (a (ModelConfig, TrainConfig) pair), and
+    the line saying which layer forms it chose. `pool`: ready batches to cycle through instead of
+    `images`' data path (a folder's, decoded in advance, so that the timing holds the step alone)."""
+    gan = recipe_gan(recipe, compute, images, channels_last='on' if channels_last else 'off')
+    classes = step_classes(recipe, batch_size, compute.device)
+    _, forms_line = choose_layer_forms(gan, batch_size, autotune)
     if pool is None:
         batches = endless_batches(images, batch_size, compute.device, gan.memory_format)
     else:
@@ -242,22 +253,22 @@ def write_pngs(rgb, folder):
         cv2.imwrite(os.path.join(folder, f'{i:05d}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
-def reference_step(flags, batch_size, png_folder, num_workers, device=torch.device('cpu')):
+def reference_step(recipe, batch_size, png_folder, num_workers, device=torch.device('cpu')):
     """The reference's training step as the reference takes it: fp32, contiguous tensors, the
     library's layers and dropout, a sigmoid and BCE on probabilities, the discriminator's weight
     gradients computed (and thrown away) in the generator's step, PyTorch's default Adam, fed by
     a DataLoader that decodes PNG files."""
-    args = recipe_args(flags, batch_size)
+    model_config, config = recipe
     torch.manual_seed(0)
-    G, D = Generator(args.gen_norm, args.gen_dropout), Discriminator(args.disc_norm)
-    if args.apply_weight_init:
+    G, D = Generator(model_config.gen_norm, model_config.gen_dropout), Discriminator(model_config.disc_norm)
+    if model_config.apply_weight_init:
         init_weights(G), init_weights(D)
     for block in (G.up1, G.up2):  # the library's dropout, as the reference used
         block.model[3] = nn.Dropout(block.model[3].p)
     G.to(device), D.to(device)  # on a GPU, as the reference ran there: batches copied in each step
     D_probability = nn.Sequential(D, nn.Sigmoid())
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.base_lr_gen, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.base_lr_disc, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.base_lr_gen, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.base_lr_disc, betas=(0.5, 0.999))
     loader = torch.utils.data.DataLoader(ReferenceStyleImages(png_folder), batch_size=batch_size, shuffle=True,
                                          num_workers=num_workers, drop_last=True,
                                          persistent_workers=num_workers > 0)
@@ -267,21 +278,21 @@ def reference_step(flags, batch_size, png_folder, num_workers, device=torch.devi
     def run_once():
         lab = next(batches).to(device)
         number = next(step)
-        for opt, base in ((opt_g, args.base_lr_gen), (opt_d, args.base_lr_disc)):
+        for opt, base in ((opt_g, config.base_lr_gen), (opt_d, config.base_lr_disc)):
             for group in opt.param_groups:
-                group['lr'] = learning_rate(base, number, args.lr_decay_rate, args.lr_decay_steps)
+                group['lr'] = learning_rate(base, number, config.lr_decay_rate, config.lr_decay_steps)
         L, ab = lab[:, :1], lab[:, 1:]
         fake_ab = G(L)
         fake = torch.cat([L, fake_ab], dim=1)
         opt_g.zero_grad()
         p_fake = D_probability(fake)
-        g_loss = ((1 - args.l1_weight) * F.binary_cross_entropy(p_fake, torch.ones_like(p_fake))
-                  + args.l1_weight * (ab - fake_ab).abs().mean())
+        g_loss = ((1 - config.l1_weight) * F.binary_cross_entropy(p_fake, torch.ones_like(p_fake))
+                  + config.l1_weight * (ab - fake_ab).abs().mean())
         g_loss.backward()
         opt_g.step()
         opt_d.zero_grad()
         p_real, p_fake = D_probability(lab), D_probability(fake.detach())
-        d_loss = (F.binary_cross_entropy(p_real, torch.full_like(p_real, args.smoothing))
+        d_loss = (F.binary_cross_entropy(p_real, torch.full_like(p_real, config.smoothing))
                   + F.binary_cross_entropy(p_fake, torch.zeros_like(p_fake)))
         d_loss.backward()
         opt_d.step()
@@ -291,24 +302,26 @@ def reference_step(flags, batch_size, png_folder, num_workers, device=torch.devi
 CLASSES = 10  # the class context's classes, as CIFAR-10's
 
 
-def step_classes(args, batch_size, device):
-    """--class_loss: a batch's class labels (fixed: the step's cost does not depend on them); else None."""
-    return torch.arange(batch_size, device=device) % CLASSES if args.class_loss else None
+def step_classes(recipe, batch_size, device):
+    """A class context's batch of class labels (fixed: the step's cost does not depend on them); else None."""
+    return torch.arange(batch_size, device=device) % CLASSES if recipe[0].class_context else None
 
 
-def head_classes(args, images, device):
+def head_classes(recipe, images, device):
     """A colour-distribution head's ab bins, from the images timed (None for the reference's head)."""
-    return AbClasses.from_training_set(images, args.rebalance, device) if args.ab_head != 'regress' else None
+    model_config, train_config = recipe
+    if model_config.ab_head == 'regress':
+        return None
+    return AbClasses.from_training_set(images, train_config.rebalance, device)
 
 
-def flops_per_training_image(flags, device, images=None):
+def flops_per_training_image(recipe, device, images=None):
     """Forward and backward of both networks for one step, counted in fp32 at batch 8."""
-    args = recipe_args(flags, 8, channels_last='off', ema_decay=0.0)
-    gan = ColorizationGAN(args, Compute(device, 'fp32'), ab_classes=head_classes(args, images, device),
-                          n_classes=CLASSES if args.class_loss else 0)
-    lab = torch.rand(8, 3, args.image_size, args.image_size, device=device) * 2 - 1
+    gan = recipe_gan(recipe, Compute(device, 'fp32'), images, channels_last='off', ema_decay=0.0)
+    size = recipe[0].image_size
+    lab = torch.rand(8, 3, size, size, device=device) * 2 - 1
     with FlopCounterMode(display=False) as counter:
-        gan.step(lab, 1, classes=step_classes(args, 8, device))
+        gan.step(lab, 1, classes=step_classes(recipe, 8, device))
     return counter.get_total_flops() / 8
 
 
@@ -476,15 +489,15 @@ def main(argv=None):
         if args.baseline:
             write_pngs(images.rgb[:BASELINE_IMAGES], png_folder)
         for name in args.recipes:
-            flags = RECIPES[name]
-            flops = flops_per_training_image(flags, device, images)
+            recipe = RECIPES[name]
+            flops = flops_per_training_image(recipe, device, images)
             for batch_size in args.batch_sizes:
-                train_once, infer, forms_line = project_step(flags, batch_size, images, compute, channels_last,
+                train_once, infer, forms_line = project_step(recipe, batch_size, images, compute, channels_last,
                                                              args.autotune)
                 print(f"  {name} batch {batch_size}: {forms_line}", file=sys.stderr)
                 runs = {'project': train_once}
                 if args.baseline:
-                    runs['reference'] = reference_step(flags, batch_size, png_folder, args.num_workers, device)
+                    runs['reference'] = reference_step(recipe, batch_size, png_folder, args.num_workers, device)
                 rates = timed_rates(runs, batch_size, device, args.windows, args.seconds)
                 train_rate = rates['project']
                 infer_rate = timed_rates({'infer': infer}, batch_size, device, args.windows, args.seconds / 3)['infer']
@@ -520,17 +533,17 @@ def bench_folder(args, compute, channels_last, results):
     results['list_seconds'] = time.perf_counter() - start
     results['data_path'] = os.path.abspath(args.data_path)
     results['train_images'] = len(train_set)
-    size_flags = ['--dataset', 'folder', '--image_size', str(size)]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     pools = {b: folder_pool(train_set, b, device, memory_format) for b in args.batch_sizes}
     peak = matmul_peak(device, precision)
     results['matmul_peak_flops'] = peak
     rows = []
     for name in args.recipes:
-        flags = RECIPES[name] + size_flags
-        flops = flops_per_training_image(flags, device, train_set)
+        model_config, train_config = RECIPES[name]
+        recipe = (dataclasses.replace(model_config, image_size=size), train_config)
+        flops = flops_per_training_image(recipe, device, train_set)
         for batch_size in args.batch_sizes:
-            train_once, infer, forms_line = project_step(flags, batch_size, train_set, compute, channels_last,
+            train_once, infer, forms_line = project_step(recipe, batch_size, train_set, compute, channels_last,
                                                          args.autotune, pool=pools[batch_size])
             print(f"  {name} batch {batch_size}: {forms_line}", file=sys.stderr)
             train_rate = timed_rates({'project': train_once}, batch_size, device, args.windows,

@@ -173,29 +173,29 @@ def load_split(data_path, train, download=True):
     return LabImages(rgb, labels)
 
 
-def open_splits(args, procs, pin_memory=False):
-    """(training set, test set, held-out images) of a run's flags (--dataset, --data_path,
-    --image_size, --num_workers, --holdout: the training set without its last N images, which are
-    the held-out ones, else None); the test set and the held-out images on the first process
+def open_splits(dataset, data_path, image_size, procs, num_workers=0, holdout=0, pin_memory=False):
+    """(training set, test set, held-out images) of a run (train.py's --dataset, --data_path,
+    --image_size, --num_workers, --holdout: the training set without its last N images, which
+    are the held-out ones, else None); the test set and the held-out images on the first process
     only, which alone validates and chooses a decoding. The first process on each machine
     downloads CIFAR-10 if needed while the others wait."""
-    if args.dataset == 'folder':
+    if dataset == 'folder':
         def split(train):
-            return open_split('folder', args.data_path, train, args.image_size, args.num_workers, pin_memory)
+            return open_split('folder', data_path, train, image_size, num_workers, pin_memory)
         train_set, test_set = split(train=True), split(train=False) if procs.is_main else None
     else:
         if procs.local_rank > 0:
             procs.barrier()
-        train_set = load_split(args.data_path, train=True)
-        test_set = load_split(args.data_path, train=False) if procs.is_main else None
+        train_set = load_split(data_path, train=True)
+        test_set = load_split(data_path, train=False) if procs.is_main else None
         if procs.local_rank == 0:
             procs.barrier()
     held_out = None
-    if getattr(args, 'holdout', 0):
-        train_set, held_out = split_holdout(train_set, args.holdout)
+    if holdout:
+        train_set, held_out = split_holdout(train_set, holdout)
         held_out = held_out if procs.is_main else None
-        print(f"--holdout {args.holdout}: training on the first {len(train_set)} training images, "
-              f"the last {args.holdout} kept out for test.py --split holdout")
+        print(f"--holdout {holdout}: training on the first {len(train_set)} training images, "
+              f"the last {holdout} kept out for test.py --split holdout")
     return train_set, test_set, held_out
 
 

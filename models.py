@@ -5,8 +5,11 @@ with blocks named as in the reference (`down1.model.0.weight`, ...), so that its
 generator weights load as they are. At 64, 128 and 256, the larger networks of Nazeri et al.'s own
 (TensorFlow) code for Places365: `NazeriGenerator`, a deeper U-Net of "same"-padded convolutions,
 and `PatchDiscriminator`, one score per 70x70 patch. `build_generator` and `build_discriminator`
-pick the pair for an image size.
+pick the pair for an image size. `ModelConfig` is what builds a pair: train.py writes it into
+every checkpoint and generator file, and what reads them builds the networks from it.
 """
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +26,50 @@ DISCRIMINATOR_NORMS = ('batch', 'instance', 'spectral')
 IMAGE_SIZE = 32
 # The reference networks first resize 32x32 to 35x35, so that a 4x4 stride-1 unpadded conv returns to 32x32.
 RESIZED = 35
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What builds the networks, and nothing about how they are trained (that is
+    training/config.py's TrainConfig): the image size (which picks the pair), the two norms, the
+    generator's dropout, the initialization, its ab head and the decoding of a distribution head
+    (temperature, blend), and whether the generator has a class context (train.py --class_loss
+    above 0). Two counts come from the training data, not from here: a distribution head's ab
+    bins and the class context's classes. The defaults are train.py's."""
+    image_size: int = IMAGE_SIZE
+    gen_norm: str = 'batch'
+    disc_norm: str = 'batch'
+    gen_dropout: float = 0.5
+    apply_weight_init: bool = False
+    ab_head: str = 'regress'
+    class_context: bool = False
+    temperature: float = DEFAULT_TEMPERATURE
+    blend: float = DEFAULT_BLEND
+
+    # The fields that give the networks their layers and shapes: a checkpoint resumes only under
+    # the same ones (dropout, initialization and decoding change no weight's shape).
+    SHAPE_FIELDS = ('image_size', 'gen_norm', 'disc_norm', 'ab_head', 'class_context')
+
+    @classmethod
+    def from_flags(cls, flags):
+        """From train.py's flags as a dict: a run's, or the `args` a checkpoint of an earlier
+        release saved instead of a config (which lacks the flags added since: their defaults,
+        so the 32x32 networks and the regression head)."""
+        return cls(image_size=int(flags.get('image_size') or IMAGE_SIZE), gen_norm=flags.get('gen_norm', 'batch'),
+                   disc_norm=flags.get('disc_norm', 'batch'), gen_dropout=float(flags.get('gen_dropout', 0.5)),
+                   apply_weight_init=bool(flags.get('apply_weight_init', 0)),
+                   ab_head=flags.get('ab_head', 'regress'), class_context=bool(flags.get('class_loss', 0)),
+                   temperature=float(flags.get('temperature', DEFAULT_TEMPERATURE)),
+                   blend=float(flags.get('blend', DEFAULT_BLEND)))
+
+    @classmethod
+    def from_dict(cls, saved):
+        """From `to_dict`'s plain dict; keys of a later release's fields are left out."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in names})
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
 
 
 class Dropout(nn.Dropout):

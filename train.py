@@ -30,7 +30,7 @@ from training.ab_bins import AbPrior
 from training.ab_classes import AbClasses
 from training.layer_forms import choose_layer_forms
 from training.nan_watch import NonFiniteLoss
-from training.options import parse_training_args as parse_args
+from training.options import configs_from_args, parse_training_args as parse_args
 from training.runlog import TensorBoardLog
 
 
@@ -124,13 +124,14 @@ def set_up(args, compute, procs):
         # the head's bins are the training images' colours, the class context's size their classes: the data first
         with timed(spent, 'data'):
             data = open_data(args, procs, compute, AbPrior.saved_in(ckpt))
-    gan = ColorizationGAN(args, compute, procs, ab_classes=data.ab_classes if data else None,
+    model_config, train_config = configs_from_args(args)
+    gan = ColorizationGAN(model_config, train_config, compute, procs, ab_classes=data.ab_classes if data else None,
                           n_classes=count_classes(data.train_set, args) if args.class_loss else 0)
     if procs.rank > 0:  # the same weights everywhere, but each process its own dropout masks
         torch.manual_seed(distributed.process_seed(args.seed, procs.rank, 0))
     first_epoch, first_batch, step, saved_forms = args.start_epoch, 0, 0, None
     if resume_path:
-        first_epoch, first_batch, step = checkpoints.restore_training(ckpt, resume_path, args, gan)
+        first_epoch, first_batch, step = checkpoints.restore_training(ckpt, resume_path, gan)
         distributed.restore_random_state(ckpt, procs, args.seed, compute.device)
         saved_forms = ckpt.get('layer_forms')
         print(f"resuming from {resume_path}: epoch {first_epoch}, batch {first_batch}, step {step}")
@@ -142,7 +143,8 @@ def set_up(args, compute, procs):
     print('options: ' + json.dumps(run_info, sort_keys=True))
     made_by = provenance.provenance()
     with timed(spent, 'layer forms'):
-        layer_forms, forms_line = choose_layer_forms(gan, saved_forms)
+        layer_forms, forms_line = choose_layer_forms(gan, args.batch_size, args.autotune, args.layer_forms_cache,
+                                                     saved_forms)
     print(forms_line)
     with timed(spent, 'data'):
         data = data or open_data(args, procs, compute, AbPrior.saved_in(ckpt))
@@ -184,7 +186,9 @@ class RunData:
 def open_data(args, procs, compute, saved_prior=None):
     """The run's RunData. `saved_prior`: the ab bins and prior a resumed run's checkpoint
     recorded (ab_bins.AbPrior), which it keeps whatever data it now sees."""
-    train_set, test_set, held_out = dataset.open_splits(args, procs, pin_memory=compute.device.type == 'cuda')
+    train_set, test_set, held_out = dataset.open_splits(args.dataset, args.data_path, args.image_size, procs,
+                                                        args.num_workers, args.holdout,
+                                                        pin_memory=compute.device.type == 'cuda')
     train_set, pixel_weights = apply_remedies(args, procs, compute, train_set, saved_prior)
     dataset.check_last_batch(len(train_set), args.batch_size, procs.world_size)
     ab_classes = None
@@ -385,7 +389,7 @@ def save(run, path, epoch, batches_done, G_eval=None, rng_states=None, choice=No
     if run.procs.is_main:
         with timed(run.spent, 'checkpoints'):
             checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
-                run.gan, epoch, batches_done, run.step, run.args, [cpu for cpu, _ in rng_states], run.layer_forms,
+                run.gan, epoch, batches_done, run.step, vars(run.args), [cpu for cpu, _ in rng_states], run.layer_forms,
                 G_eval, run.provenance, gpu_rng_states=[gpu for _, gpu in rng_states], decoding=choice))
 
 
@@ -450,7 +454,7 @@ def log_epoch_to_tensorboard(run, val_m, colour_scores, grid):
     values = dict({k: v for k, v in val_m.items() if k != 'images'}, **colour)
     run.tensorboard.scalars(run.step, values, 'val')
     run.tensorboard.image('samples', grid, run.step)
-    run.tensorboard.hparams(run.args, {'hparam/val_g_l1': val_m['g_l1'],
+    run.tensorboard.hparams(vars(run.args), {'hparam/val_g_l1': val_m['g_l1'],
                                        **{f'hparam/val_{key}': value for key, value in colour.items()}})
     run.tensorboard.flush()
     # The epoch's first --log_steps window starts after validation, not before it.
@@ -467,8 +471,9 @@ def save_epoch(run, epoch, outcome, G_eval, rng_states, grid_path, choice=None):
     with timed(run.spent, 'checkpoints'):
         weights = checkpoints.save_generator_weights(
             checkpoints.generator_weights_path(args.save_path, epoch), G_eval.state_dict(),
-            checkpoints.generator_config(vars(args)), epoch, run.step, args.seed, holdout=args.holdout,
-            decoding=choice)
+            checkpoints.generator_config(run.gan.model_config.to_dict()), epoch, run.step, args.seed,
+            holdout=args.holdout, dataset=args.dataset, data_path=args.data_path,
+            model_config=run.gan.model_config.to_dict(), train_config=run.gan.train_config.to_dict(), decoding=choice)
     save(run, path, epoch, done, G_eval, rng_states, choice)
     print(f"saved {path}, {weights} and {grid_path}")
 

@@ -4,7 +4,9 @@ Training checkpoints (`checkpoint_ep{E}.pt` after an epoch, `checkpoint_step{S}.
 are pickles read with weights_only=True: tensors and plain data, never code. A generator alone is
 a .safetensors file: tensors and a string header that says how to build the network around them.
 Every file is written whole or not at all (utils.atomic_write), after checking that the disk has
-room for it, so a full disk ends in one line and the previous checkpoint stays intact.
+room for it, so a full disk ends in one line and the previous checkpoint stays intact. Both kinds
+record the run's configs (models.ModelConfig and training's TrainConfig, as plain dicts); a file
+of an earlier release, which has only the run's flags (`args`), gives them from those.
 """
 import contextlib
 import errno
@@ -22,10 +24,6 @@ from utils import atomic_write, remove_torn_writes
 from core.cli import UserError, first_line
 from core.convolutions import swap_in_two_form_layers
 
-# The flags that fix the networks' shapes: a checkpoint must agree on them to be resumed. A
-# checkpoint of the previous release has no image_size: it is of the 32x32 networks.
-ARCHITECTURE_FLAGS = ('image_size', 'gen_norm', 'disc_norm', 'gen_dropout', 'ab_head')
-ARCHITECTURE_DEFAULTS = {'image_size': 32, 'ab_head': 'regress'}
 STEP_CHECKPOINTS_KEPT = 3
 CHECKPOINT_PREFIXES = ('checkpoint_', 'generator_ep')
 
@@ -70,7 +68,8 @@ def save_checkpoint(path, state):
 
 def load_checkpoint(path):
     """A checkpoint as a dict. A .safetensors file (a generator alone) comes back shaped like a
-    training checkpoint: {'generator', 'args', 'epoch', 'step', ...}; so does a model folder."""
+    training checkpoint: {'generator', 'args', 'model_config', 'epoch', 'step', ...}; so does a
+    model folder."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, 'model.safetensors')):
         return load_generator_weights(os.path.join(path, 'model.safetensors'))
     if not os.path.isfile(path):
@@ -127,20 +126,23 @@ def clear_torn_writes(save_path):
 
 # ---------------------------------------------------------------- the training checkpoint
 
-def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_forms, G_eval=None,
+def training_checkpoint(gan, epoch, batches_done, step, flags, rng_states, layer_forms, G_eval=None,
                         provenance=None, gpu_rng_states=None, decoding=None):
-    """Everything a resumed run needs, as one dict. `G_eval`: the generator just validated, with
-    exact batch-norm statistics; without it (mid-epoch saves, Ctrl-C) the generator is the
-    averaged weights with training's running statistics, which loading for use recomputes.
-    `rng_states`: every process's random state, the first process's first; `provenance`: what made
-    the run (provenance.py); `gpu_rng_states`: every process's GPU random state, in the same
-    order, where the run is on GPUs (saved as `rng_cuda`, a list even for one process);
-    `decoding`: the decoding chosen on the run's held-out images, which G_eval decodes at."""
+    """Everything a resumed run needs, as one dict. `flags`: the run's command line as a dict
+    (saved as `args`, for the record; the GAN's configs are saved as `model_config` and
+    `train_config`). `G_eval`: the generator just validated, with exact batch-norm statistics;
+    without it (mid-epoch saves, Ctrl-C) the generator is the averaged weights with training's
+    running statistics, which loading for use recomputes. `rng_states`: every process's random
+    state, the first process's first; `provenance`: what made the run (provenance.py);
+    `gpu_rng_states`: every process's GPU random state, in the same order, where the run is on
+    GPUs (saved as `rng_cuda`, a list even for one process); `decoding`: the decoding chosen on
+    the run's held-out images, which G_eval decodes at."""
     state = gan.state_dict()
     state.update({
         'generator': G_eval.state_dict() if G_eval is not None else gan.generator_with_running_statistics(),
         'generator_exact_statistics': G_eval is not None,
-        'epoch': epoch, 'batches_done': batches_done, 'step': step, 'args': vars(args),
+        'epoch': epoch, 'batches_done': batches_done, 'step': step, 'args': dict(flags),
+        'model_config': gan.model_config.to_dict(), 'train_config': gan.train_config.to_dict(),
         'rng': rng_states[0], 'rng_per_process': rng_states if len(rng_states) > 1 else None,
         'layer_forms': layer_forms, 'provenance': provenance,
     })
@@ -151,25 +153,43 @@ def training_checkpoint(gan, epoch, batches_done, step, args, rng_states, layer_
     return state
 
 
-def check_architecture(saved_args, args, path):
-    """Refuse to resume a checkpoint whose networks have other shapes than this run's."""
-    def saved(flag):
-        return saved_args.get(flag, ARCHITECTURE_DEFAULTS.get(flag))
-    clashes = [f for f in ARCHITECTURE_FLAGS if saved(f) is not None and saved(f) != getattr(args, f)]
+def saved_flags(ckpt):
+    """The run's flags a checkpoint or generator file recorded (empty where it has none)."""
+    return ckpt.get('args') if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), dict) else {}
+
+
+def model_config_of(ckpt):
+    """The models.ModelConfig a checkpoint or generator file was trained with: its `model_config`,
+    or, in a file of an earlier release, the one its flags give."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('model_config'), dict):
+        return models.ModelConfig.from_dict(ckpt['model_config'])
+    return models.ModelConfig.from_flags(saved_flags(ckpt))
+
+
+def _as_flag(field, value):
+    if field == 'class_context':
+        return '--class_loss above 0 (a class context)' if value else '--class_loss 0 (no class context)'
+    return f"--{field} {value}"
+
+
+def check_architecture(saved, ours, path):
+    """Refuse to resume a checkpoint whose networks (models.ModelConfig `saved`) have other layers
+    or shapes than this run's (`ours`)."""
+    clashes = [f for f in models.ModelConfig.SHAPE_FIELDS if getattr(saved, f) != getattr(ours, f)]
     if clashes:
-        theirs = ' '.join(f"--{f} {saved(f)}" for f in clashes)
-        ours = ' '.join(f"--{f} {getattr(args, f)}" for f in clashes)
-        raise UserError(f"checkpoint {path} was trained with {theirs}, but this run has {ours}; "
+        theirs = ' '.join(_as_flag(f, getattr(saved, f)) for f in clashes)
+        this_run = ' '.join(_as_flag(f, getattr(ours, f)) for f in clashes)
+        raise UserError(f"checkpoint {path} was trained with {theirs}, but this run has {this_run}; "
                         f"resume with the checkpoint's flags or start a new --save_path")
 
 
-def restore_training(ckpt, path, args, gan):
+def restore_training(ckpt, path, gan):
     """Load a training checkpoint into `gan` (networks, optimizers, scaler); returns the place
     to go on from: (epoch, batches done in it, step). Its step and batch counts are of global
     batches, so a checkpoint of any number of processes resumes in any other."""
     if not isinstance(ckpt, dict) or not {'generator', 'generator_train', 'discriminator'} <= set(ckpt):
         raise UserError(f"{path} is not a training checkpoint of this tool (no generator and discriminator)")
-    check_architecture(ckpt.get('args', {}), args, path)
+    check_architecture(model_config_of(ckpt), gan.model_config, path)
     try:
         gan.load_state_dict(ckpt)
     except (RuntimeError, KeyError, ValueError) as e:
@@ -184,8 +204,9 @@ def restore_training(ckpt, path, args, gan):
 # ---------------------------------------------------------------- the generator alone
 
 def generator_config(run_args):
-    """What builds a generator, from a run's flags (a previous release's lack image_size: 32;
-    the ab head is named only where it is not the reference's regression)."""
+    """What builds a generator, from a run's flags or a models.ModelConfig as a dict (whose
+    fields are named as the flags; a previous release's flags lack image_size: 32; the ab head is
+    named only where it is not the reference's regression): a generator file's header keys."""
     image_size = int(run_args.get('image_size') or 32)
     config = {'gen_norm': run_args.get('gen_norm', 'batch'), 'gen_dropout': float(run_args.get('gen_dropout', 0.5)),
               'image_size': image_size, 'network': models.network_family(image_size)}
@@ -207,12 +228,15 @@ def build_generator(config, state=None):
 
 
 def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, exact_statistics=True, holdout=0,
-                           decoding=None):
+                           dataset=None, data_path=None, model_config=None, train_config=None, decoding=None):
     """Write the generator state dict `state` to `path` (.safetensors): tensors and a
     string-to-string header saying how to build the network around them (`config`, see
-    generator_config), where in its run it comes from, how many training images the run
-    kept out (train.py --holdout, where it kept some), and the decoding its run chose on them
-    (`decoding`, metrics/decoding.record, as JSON; the tensors decode at it already)."""
+    generator_config), where in its run it comes from, how many training images the run kept
+    out (train.py --holdout, where it kept some), its training data (`dataset`, `data_path`:
+    where a mid-epoch generator's batch-norm statistics are computed from), the run's configs
+    (`model_config`, `train_config`: plain dicts, stored as JSON) and the decoding its run chose
+    on its held-out images (`decoding`, metrics/decoding.record, as JSON; the tensors decode at
+    it already)."""
     from safetensors.torch import save
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     metadata = {'format': 'pt', 'model': 'Nazeri et al. 2018 colorization generator (colorization-gan)',
@@ -221,6 +245,10 @@ def save_generator_weights(path, state, config, epoch=None, step=None, seed=0, e
                 'exact_statistics': str(bool(exact_statistics)).lower()}
     if holdout:
         metadata['holdout'] = str(int(holdout))
+    metadata.update((key, str(value)) for key, value in (('dataset', dataset), ('data_path', data_path))
+                    if value is not None)
+    metadata.update((key, json.dumps(value, sort_keys=True))
+                    for key, value in (('model_config', model_config), ('train_config', train_config)) if value)
     if decoding:
         metadata['decoding'] = json.dumps(decoding)
     write_whole(path, save(tensors, metadata=metadata), 'generator file')
@@ -248,7 +276,14 @@ def load_generator_weights(path):
         with contextlib.suppress(KeyError, ValueError):
             return kind(metadata[key])
         return default
-    return {'generator': state, 'generator_exact_statistics': metadata.get('exact_statistics') != 'false',
+
+    def config(key):
+        with contextlib.suppress(KeyError, ValueError):
+            return json.loads(metadata[key])
+        return None
+    configs = {key: config(key) for key in ('model_config', 'train_config')}
+    return {'generator': state, **{key: value for key, value in configs.items() if isinstance(value, dict)},
+            'generator_exact_statistics': metadata.get('exact_statistics') != 'false',
             'epoch': number('epoch', int), 'step': number('step', int),
             'args': {'gen_norm': metadata['gen_norm'], 'gen_dropout': number('gen_dropout', float, 0.0),
                      'seed': number('seed', int, 0), 'image_size': number('image_size', int, 32),
@@ -261,8 +296,8 @@ def generator_state(ckpt, path):
     """(state dict, generator config, exact statistics?) from a train.py checkpoint, a generator
     file, or a bare state dict in the reference's layout (its published weights)."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get('generator'), dict):
-        run_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
-        return ckpt['generator'], generator_config(run_args), ckpt.get('generator_exact_statistics', True)
+        saved = ckpt['model_config'] if isinstance(ckpt.get('model_config'), dict) else saved_flags(ckpt)
+        return ckpt['generator'], generator_config(saved), ckpt.get('generator_exact_statistics', True)
     if isinstance(ckpt, dict) and 'down1.model.0.weight' in ckpt and 'final.model.0.weight' in ckpt:
         norm = 'batch' if 'down1.model.1.running_mean' in ckpt else 'instance'
         return ckpt, generator_config({'gen_norm': norm}), True
@@ -280,8 +315,7 @@ def load_generator(path, device, ckpt=None):
     except RuntimeError as e:
         raise UserError(f"{path} is not a generator of this architecture (--image_size {config['image_size']}, "
                         f"--gen_norm {config['gen_norm']}): {first_line(e)}")
-    run_args = ckpt.get('args') if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), dict) else {}
-    found = dict(run_args, **config)
+    found = dict(saved_flags(ckpt), **config)
     if isinstance(ckpt, dict) and isinstance(ckpt.get('decoding'), dict):
         found['decoding'] = ckpt['decoding']  # the decoding the run chose; G's buffers hold it
     return G.to(device).eval(), exact, found

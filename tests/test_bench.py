@@ -82,6 +82,8 @@ def test_the_flops_of_a_training_image_are_the_layers_multiply_adds_less_the_dis
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    import dataclasses
+
     import bench
     from core.cli import Compute
     from training.gan import ColorizationGAN
@@ -93,8 +95,9 @@ def test_the_flops_of_a_training_image_are_the_layers_multiply_adds_less_the_dis
 
     # The default recipe's step, made to score the fake batch again for D's loss as the reference
     # does, counted as bench.py counts (batch 8, fp32)
-    args = bench.recipe_args(bench.RECIPES['default'], 8, channels_last='off', ema_decay=0.0)
-    gan = ColorizationGAN(args, Compute(cpu, 'fp32'))
+    model_config, train_config = bench.RECIPES['default']
+    gan = ColorizationGAN(model_config, dataclasses.replace(train_config, channels_last='off', ema_decay=0.0),
+                          Compute(cpu, 'fp32'))
     gan.scores_fake_once = False
     with FlopCounterMode(display=False) as counter:
         gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, 1)
@@ -298,3 +301,13 @@ def test_the_class_context_adds_its_three_layers_forward_and_backward_to_a_train
     added = bench.flops_per_training_image(bench.RECIPES['class'], cpu) - \
         bench.flops_per_training_image(bench.RECIPES['spectral'], cpu)
     assert added == 3 * 2 * (512 * 512 + 512 * 10 + 4 * 1024 * 512)
+
+
+def test_the_recipes_timed_are_the_configs_train_py_makes_of_their_flags():
+    """bench.py builds its GANs from configs, never from train.py's command line; these are the
+    configs train.py would build from the same recipes' flags (tools/ab_steps.py passes the flags)."""
+    import bench
+    from training.options import configs_from_args, parse_training_args
+    assert set(bench.RECIPES) == set(bench.RECIPE_FLAGS)
+    for name, flags in bench.RECIPE_FLAGS.items():
+        assert bench.RECIPES[name] == configs_from_args(parse_training_args(flags)), name

@@ -304,7 +304,6 @@ def test_a_head_run_s_chosen_decoding_travels_to_colorize_test_and_export_withou
     import json
 
     import export
-    import test as test_cli_module  # noqa: F401  (the project's test.py, see conftest)
     from conftest import command_line, run_train, train_command
     from storage.checkpoints import load_checkpoint
     ck = str(tmp_path / 'ck')

@@ -15,7 +15,7 @@ import train
 from conftest import ROOT, command_line, run_in_process
 from dataset import LabImages
 from training.gan import ColorizationGAN
-from training.options import parse_training_args
+from training.options import configs_from_args, parse_training_args
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')]
@@ -91,7 +91,7 @@ def test_a_checkpoint_made_on_the_cpu_resumes_on_the_gpu(tiny_cifar, tmp_path):
 def test_a_training_step_makes_no_host_device_sync(disc_norm, nan_policy):
     args = parse_training_args(['--disc_norm', disc_norm, '--nan_policy', nan_policy, '--device', 'cuda'])
     from core.cli import Compute
-    gan = ColorizationGAN(args, Compute.from_flags(args))
+    gan = ColorizationGAN(*configs_from_args(args), Compute.from_flags(args))
     images = LabImages(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.zeros(64))
     batches = images.batches(16, shuffle=True, flip=True, generator=torch.Generator().manual_seed(0), device='cuda')
     gan.step(next(batches)[1], 1)  # the first step creates the optimizers' states

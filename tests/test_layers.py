@@ -148,3 +148,44 @@ def test_the_front_page_is_at_most_200_lines_and_links_every_document():
     documents = glob.glob(os.path.join(ROOT, 'docs', '*.md')) + glob.glob(os.path.join(ROOT, 'docs', 'notes', '*.md'))
     unlinked = [os.path.relpath(p, ROOT) for p in documents if f'({os.path.relpath(p, ROOT)}' not in readme]
     assert unlinked == []
+
+
+# The modules that define flags, and so read them off an argparse namespace; the rest of the
+# library takes configs and plain parameters (issue 40).
+FLAG_MODULES = {'training.options', 'core.cli'}
+
+
+def namespace_reads(path):
+    """'line: code' for every attribute read of a name `args` in the file (`args.x`,
+    `getattr(args, ...)`, `hasattr(args, ...)`, `vars(args)`)."""
+    source = open(path).read()
+    found = []
+    for node in ast.walk(ast.parse(source, path)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'args':
+            found.append(node)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ('getattr', 'hasattr', 'vars') and node.args
+              and isinstance(node.args[0], ast.Name) and node.args[0].id == 'args'):
+            found.append(node)
+    return [f"{node.lineno}: {ast.get_source_segment(source, node)}" for node in found]
+
+
+def test_no_library_module_but_the_flags_own_reads_a_command_line_namespace():
+    """The GAN, the data, the layer forms and the files are built from configs and parameters: a
+    caller without a command line (a notebook, bench.py) builds them all."""
+    checked, wrong = set(), {}
+    for name, path in library_files():
+        if name in FLAG_MODULES or layer_of(name) == 'command':
+            continue
+        checked.add(name)
+        reads = namespace_reads(path)
+        if reads:
+            wrong[name] = reads
+    assert {'training.gan', 'training.layer_forms', 'storage.checkpoints', 'models', 'dataset'} <= checked
+    assert not wrong, wrong
+
+
+def test_the_namespace_check_finds_each_kind_of_read(tmp_path):
+    path = tmp_path / 'm.py'
+    path.write_text("def f(args):\n    return args.seed, getattr(args, 'x', 0), args[0], other.args\n")
+    assert namespace_reads(str(path)) == ['2: args.seed', "2: getattr(args, 'x', 0)"]

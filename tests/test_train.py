@@ -381,7 +381,7 @@ def test_bad_input_leaves_existing_checkpoints_byte_identical(tiny_cifar, tmp_pa
         (['--resume', 'latest', '--max_epoch', '0'], '--max_epoch'),
         (['--resume', 'latest', '--lr_decay_rate', '0'], '--lr_decay_rate'),
         (['--resume', 'latest', '--gen_norm', 'instance'], '--gen_norm batch'),
-        (['--resume', 'latest', '--gen_dropout', '0'], '--gen_dropout 0.5'),
+        (['--resume', 'latest', '--class_loss', '0.5'], '--class_loss 0 (no class context)'),
         (['--resume', 'latest', '--data_path', str(corrupt)], 'data_batch_2'),
         (['--resume', os.path.join(ck, 'nothing.pt')], 'nothing.pt'),
     ]:

@@ -17,7 +17,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench import RECIPES  # the flags are this checkout's; both commits parse them
+from bench import RECIPE_FLAGS as RECIPES  # the flags are this checkout's; both commits parse them
 
 # Run inside each checkout: build the step, then serve "N" (run N steps) with the seconds taken.
 WORKER = r'''
@@ -38,12 +38,20 @@ if os.path.exists('gan.py') or os.path.exists('training/gan.py'):
         from training.options import parse_training_args
     args = parse_training_args(['--batch_size', str(batch_size), '--precision', precision, *recipe])
     compute = Compute.from_flags(args)
-    gan = ColorizationGAN(args, compute)
+    try:  # since the configs (issue 40): the GAN takes them, not the flags
+        from training.options import configs_from_args
+    except ImportError:
+        gan = ColorizationGAN(args, compute)
+    else:
+        gan = ColorizationGAN(*configs_from_args(args), compute)
     if hasattr(gan, 'choose_layer_forms'):
         forms = gan.choose_layer_forms()[1]
     else:
         from training.layer_forms import choose_layer_forms
-        forms = choose_layer_forms(gan)[1]
+        try:
+            forms = choose_layer_forms(gan, args.batch_size, args.autotune, args.layer_forms_cache)[1]
+        except TypeError:  # before the configs: it read the flags off the GAN
+            forms = choose_layer_forms(gan)[1]
     batches = bench.endless_batches(images, batch_size, compute.device, gan.memory_format)
     step = lambda n: gan.step(next(batches), n)
 else:

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.cli import Compute, OneLineArgumentParser, UserError, first_line, gpu_description, number_in, run_cli  # noqa: E402
 from dataset import LabImages  # noqa: E402
 from training.gan import ColorizationGAN, ema_decay  # noqa: E402
-from training.options import RECIPES, parse_training_args  # noqa: E402
+from training.options import RECIPES, configs_from_args, parse_training_args  # noqa: E402
 
 BATCH_POOL = 8  # distinct batches the comparison and the timing cycle through
 
@@ -47,8 +47,8 @@ class GraphReadyGAN(ColorizationGAN):
     step. Eagerly (prepare, then step) it computes what ColorizationGAN.step computes, bit for bit
     (tests/tools/test_graph_step.py)."""
 
-    def __init__(self, args, compute):
-        super().__init__(args, compute)
+    def __init__(self, model_config, train_config, compute):
+        super().__init__(model_config, train_config, compute)
         device = compute.device
         # The precision the fused Adam kernels give a number lr: double on CPUs, float on CUDA.
         lr_dtype = torch.float64 if device.type == 'cpu' else torch.float32
@@ -64,7 +64,7 @@ class GraphReadyGAN(ColorizationGAN):
         for opt, lr in self.scheduled_rates(step):
             for group in opt.param_groups:
                 group['lr'].fill_(lr)
-        self.average_rate.fill_(1.0 - ema_decay(self.args.ema_decay, step))
+        self.average_rate.fill_(1.0 - ema_decay(self.train_config.ema_decay, step))
         self.step_number.fill_(step)
 
     def set_learning_rates(self, step):
@@ -82,7 +82,7 @@ class GraphReadyGAN(ColorizationGAN):
 
 def build(recipe, batch_size, compute, graph_ready):
     args = parse_training_args(RECIPES[recipe] + ['--batch_size', str(batch_size), '--autotune', 'off'])
-    return (GraphReadyGAN if graph_ready else ColorizationGAN)(args, compute)
+    return (GraphReadyGAN if graph_ready else ColorizationGAN)(*configs_from_args(args), compute)
 
 
 def built(recipe, batch_size, compute, graph_ready):

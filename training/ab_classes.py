@@ -1,7 +1,8 @@
-"""The colour-distribution head's targets and loss (`--ab_head classify|both`), after Zhang, Isola
+"""The colour-distribution head's bins and targets (`--ab_head classify|both`), after Zhang, Isola
 and Efros (2016): the ab bins of 10 Lab units that the training images use, each pixel's true ab
-soft-encoded over its nearest bins, and the cross-entropy against the predicted distribution,
-rebalanced by the smoothed prior where `--rebalance` sets lambda.
+soft-encoded over its nearest bins, and the bins' rebalancing weights from the smoothed prior
+where `--rebalance` sets lambda. The cross-entropy against the predicted distribution is
+training/loss.py's ab_cross_entropy.
 
 A generator trained on L1 paints each pixel's median colour: where a car may be red or blue, the
 median is grey-brown. A distribution over colours keeps both, and its annealed mean
@@ -85,15 +86,4 @@ class AbClasses:
         bins, weights = self.nearest_bins(ab)
         targets = torch.zeros(len(bins), len(self), device=ab.device).scatter_add_(1, bins, weights)
         return targets.reshape(n, h, w, -1).permute(0, 3, 1, 2)
-
-    def cross_entropy(self, logits, ab):
-        """The mean over pixels of -sum_q target_q log softmax(logits)_q, each pixel weighted by
-        its nearest bin's rebalancing weight where lambda is set; computed on the NEIGHBOURS bins
-        that hold the target, as logsumexp(logits) - sum_k w_k logits[bin_k]."""
-        bins, weights = self.nearest_bins(ab)
-        flat = logits.float().permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
-        per_pixel = torch.logsumexp(flat, dim=1) - (weights * flat.gather(1, bins)).sum(dim=1)
-        if self.weights is not None:
-            per_pixel = per_pixel * self.weights[bins[:, 0]]
-        return per_pixel.mean()
 

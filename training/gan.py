@@ -3,27 +3,31 @@
 Both networks, the averaged generator, their Adam optimizers, the gradient scaler and the
 learning-rate schedule. `step(lab)` is one training step as Nazeri et al. and the reference take
 it: the generator first, on (1 - l1_weight) * BCE(D(L, G(L)), 1) + l1_weight * |ab - G(L)|, then
-the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fake batch. Where
+the discriminator, on BCE(D(real), smoothing) + BCE(D(fake), 0), on the same fake batch (the
+losses are training/loss.py's). It is built from two configs, models.ModelConfig (the networks)
+and training.config.TrainConfig (how they train), never from a command line. Where
 D's passes change nothing but batch-norm statistics, its one pass on the fake batch serves both
 losses (the reference's second pass recomputed the same scores), and the run stays the same bit
 for bit. `evaluate(G, lab)` computes the same losses in eval mode, and the prediction.
 """
 import contextlib
 import copy
+import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import models
 from core.calibration import recalibrate_generator
 from core.convolutions import swap_in_two_form_layers
 from core.cli import Compute
-from training import distributed, remedies
+from training import distributed, loss
 from training.nan_watch import NanWatch
 from training.optimizers import adam
 
-STAT_NAMES = ('g_adv', 'g_l1', 'g_loss', 'd_loss', 'real_correct', 'fake_correct', 'images')
+# What a step reports, summed over its batch: the losses' reported terms (training/loss.py), then
+# D's hits and the batch's images.
+STAT_NAMES = loss.REPORTED + ('real_correct', 'fake_correct', 'images')
 
 
 def learning_rate(base_lr, step, decay_rate, decay_steps):
@@ -49,27 +53,25 @@ def use_channels_last(choice, device):
     return device.type == 'cpu'
 
 
-def bce(logits, target):
-    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
-
-
 def summarize(sums):
     """Means per image of a tensor of STAT_NAMES sums (accuracies: the share of scores right)."""
     s = dict(zip(STAT_NAMES, sums.tolist()))
     n = max(s['images'], 1)
-    return {'g_adv': s['g_adv'] / n, 'g_l1': s['g_l1'] / n, 'g_loss': s['g_loss'] / n, 'd_loss': s['d_loss'] / n,
+    return {**{name: s[name] / n for name in loss.REPORTED},
             'd_acc': (s['real_correct'] + s['fake_correct']) / (2 * n), 'd_acc_real': s['real_correct'] / n,
             'd_acc_fake': s['fake_correct'] / n, 'images': int(s['images'])}
 
 
-def batch_sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits):
-    """Sums over the batch; a patch discriminator's accuracy is each image's share of patches right."""
+def batch_sums(lab, g, d):
+    """Sums over the batch of STAT_NAMES, from the generator's and the discriminator's losses
+    (loss.GeneratorLoss, loss.DiscriminatorLoss); a patch discriminator's accuracy is each
+    image's share of patches right."""
     n = lab.shape[0]
 
     def share_right(hits):
         return hits.float().reshape(n, -1).mean(dim=1).sum()
-    return torch.stack([g_adv.detach() * n, g_l1.detach() * n, g_loss.detach() * n, d_loss.detach() * n,
-                        share_right(real_logits.detach() > 0), share_right(fake_logits.detach() <= 0),
+    return torch.stack([*(term.detach() * n for term in loss.reported_terms(g, d)),
+                        share_right(d.real_scores.detach() > 0), share_right(d.fake_scores.detach() <= 0),
                         # a fill, not a copy from the host, which would wait for the device
                         torch.full((), float(n), device=lab.device)])
 
@@ -80,7 +82,7 @@ def batch_norm_replay(model):
     function that gives it to each layer again (no gradients): the running statistics and the
     batch count advance as a second pass of `model` on the same batch would advance them."""
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0])))
+    hooks = [m.register_forward_pre_hook(lambda m, inputs: seen.append((m, inputs[0])))
              for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     @torch.no_grad()
@@ -94,45 +96,61 @@ def batch_norm_replay(model):
             h.remove()
 
 
-class ColorizationGAN:
-    """`args`: train.py's flags (parse_args); `compute`: where and in what precision it runs;
-    `procs`: this process's place in a torchrun run (one process where None); `ab_classes`: the
-    training images' ab bins (training/ab_classes.py) where --ab_head is classify or both;
-    `n_classes`: the training images' number of classes where --class_loss is on."""
+@dataclasses.dataclass
+class GeneratorPass:
+    """The generator's pass on a batch and D's score of it: the predicted ab, the Lab batch D
+    scored, D's scores (logits), and the generator's loss (loss.GeneratorLoss)."""
+    fake_ab: torch.Tensor
+    fake: torch.Tensor
+    fake_scores: torch.Tensor
+    loss: loss.GeneratorLoss
 
-    def __init__(self, args, compute=None, procs=None, ab_classes=None, n_classes=0):
-        self.args = args
+
+class ColorizationGAN:
+    """`model_config`: models.ModelConfig, what builds the networks; `train_config`:
+    training.config.TrainConfig, how they train; `compute`: where and in what precision it runs;
+    `procs`: this process's place in a torchrun run (one process where None); `ab_classes`: the
+    training images' ab bins (training/ab_classes.py), for a colour-distribution head
+    (model_config.ab_head classify or both); `n_classes`: the training images' number of classes,
+    for a class context (model_config.class_context)."""
+
+    def __init__(self, model_config, train_config, compute=None, procs=None, ab_classes=None, n_classes=0):
+        if model_config.class_context != bool(n_classes):
+            raise ValueError(f"a class context (ModelConfig.class_context {model_config.class_context}) takes the "
+                             f"training images' number of classes, n_classes (given {n_classes})")
+        self.model_config, self.train_config = model_config, train_config
         self.compute = compute or Compute(torch.device('cpu'), 'fp32')
         self.procs = procs or distributed.Processes()
         device = self.compute.device
-        self.channels_last = use_channels_last(getattr(args, 'channels_last', 'auto'), device)
+        self.channels_last = use_channels_last(train_config.channels_last, device)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        torch.manual_seed(args.seed)
+        torch.manual_seed(train_config.seed)
         self.ab_classes = ab_classes
-        self.class_weight = getattr(args, 'class_loss', 0.0) if n_classes else 0.0
+        self.class_weight = train_config.class_loss if n_classes else 0.0
+        m = model_config
         if ab_classes is None and not n_classes:
-            self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout)
+            self.G = models.build_generator(m.image_size, m.gen_norm, m.gen_dropout)
         else:
-            self.G = models.build_generator(args.image_size, args.gen_norm, args.gen_dropout, args.ab_head,
+            self.G = models.build_generator(m.image_size, m.gen_norm, m.gen_dropout, m.ab_head,
                                             0 if ab_classes is None else len(ab_classes), n_classes)
-            models.set_decoding(self.G, args.temperature, args.blend, None if ab_classes is None else ab_classes.centres)
-        self.D = models.build_discriminator(args.image_size, args.disc_norm)
+            models.set_decoding(self.G, m.temperature, m.blend, None if ab_classes is None else ab_classes.centres)
+        self.D = models.build_discriminator(m.image_size, m.disc_norm)
         swap_in_two_form_layers(self.G), swap_in_two_form_layers(self.D)  # their forms: training/layer_forms.py
-        if args.apply_weight_init:
+        if m.apply_weight_init:
             models.init_weights(self.G), models.init_weights(self.D)
         self.G.to(device, memory_format=self.memory_format), self.D.to(device, memory_format=self.memory_format)
         scaled = self.compute.precision == 'fp16'
-        self.opt_g = adam(self.G.parameters(), args.base_lr_gen, device, scaled)
-        self.opt_d = adam(self.D.parameters(), args.base_lr_disc, device, scaled)
-        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if args.ema_decay > 0 else None
+        self.opt_g = adam(self.G.parameters(), train_config.base_lr_gen, device, scaled)
+        self.opt_d = adam(self.D.parameters(), train_config.base_lr_disc, device, scaled)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if train_config.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.G_run, self.D_run = self.G, self.D  # what the step calls: DistributedDataParallel under torchrun
         # D is the same function in both losses of a step (it steps after the generator), so one
         # pass on the fake batch serves both, where its passes change nothing but batch-norm
         # statistics (a spectral norm's power iteration advances per pass) and it runs in one process.
-        self.scores_fake_once = args.disc_norm != 'spectral' and not self.procs.distributed
-        self.nan_watch = NanWatch(args.nan_policy, self.procs, (self.G, self.D), self.G_ema, (self.opt_g, self.opt_d),
-                                  scaled, device)
+        self.scores_fake_once = m.disc_norm != 'spectral' and not self.procs.distributed
+        self.nan_watch = NanWatch(train_config.nan_policy, self.procs, (self.G, self.D), self.G_ema,
+                                  (self.opt_g, self.opt_d), scaled, device)
         # --rebalance: per-pixel L1 weights (remedies.RebalanceWeights), set once the training set is known.
         self.pixel_weights = None
 
@@ -148,8 +166,9 @@ class ColorizationGAN:
 
     def scheduled_rates(self, step):
         """[(optimizer, its learning rate at step `step`)] for both networks."""
-        return [(opt, learning_rate(base, step, self.args.lr_decay_rate, self.args.lr_decay_steps))
-                for opt, base in ((self.opt_g, self.args.base_lr_gen), (self.opt_d, self.args.base_lr_disc))]
+        t = self.train_config
+        return [(opt, learning_rate(base, step, t.lr_decay_rate, t.lr_decay_steps))
+                for opt, base in ((self.opt_g, t.base_lr_gen), (self.opt_d, t.base_lr_disc))]
 
     def set_learning_rates(self, step):
         for opt, lr in self.scheduled_rates(step):
@@ -174,42 +193,43 @@ class ColorizationGAN:
         share = len(lab) * self.procs.world_size / (global_images or len(lab))
         kept = self.nan_watch.snapshot()
         if self.scores_fake_once:
-            g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss = self.backward_G_scoring_once(lab, share, classes)
+            g_loss, d_loss = self.backward_G_scoring_once(lab, share, classes)
         else:
-            _, fake, _, g_adv, g_l1, g_loss = self.backward_G(lab, share, classes)
-            real_logits, fake_logits, d_loss = self.discriminator_losses(self.D_run, lab, fake.detach())
-        finite = self.nan_watch.check(g_loss, d_loss, step, kept)
+            generated = self.backward_G(lab, share, classes)
+            g_loss = generated.loss
+            d_loss = self.discriminator_pass(self.D_run, lab, generated.fake.detach())
+        finite = self.nan_watch.check(g_loss.total, d_loss.total, step, kept)
         with self.nan_watch.updates(finite):
             self.scaler.step(self.opt_g)
-            self.backward_D(d_loss, share)
+            self.backward_D(d_loss.total, share)
         self.scaler.update()
         if self.G_ema is not None:
             self.update_average(step)
-        return self.nan_watch.settle(finite, kept, batch_sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits))
+        return self.nan_watch.settle(finite, kept, batch_sums(lab, g_loss, d_loss))
 
     def update_average(self, step):
-        ema_update(self.G_ema, self.G, ema_decay(self.args.ema_decay, step))
+        ema_update(self.G_ema, self.G, ema_decay(self.train_config.ema_decay, step))
 
     def backward_G(self, lab, share, classes=None):
-        """The generator's losses and their gradients. D is scored outside DDP, with no
-        gradients for its weights: the generator's step needs none (the reference computed and
-        discarded them)."""
+        """The generator's pass and its loss's gradients (a GeneratorPass). D is scored outside
+        DDP, with no gradients for its weights: the generator's step needs none (the reference
+        computed and discarded them)."""
         self.D.requires_grad_(False)
         try:
             with self.compute.autocast:
-                losses = self.generator_losses(self.G_run, self.D, lab, classes)
+                generated = self.generator_pass(self.G_run, self.D, lab, classes)
             self.opt_g.zero_grad(set_to_none=True)
-            self.scaler.scale(losses[-1] * share).backward()
+            self.scaler.scale(generated.loss.total * share).backward()
         finally:
             self.D.requires_grad_(True)
-        return losses
+        return generated
 
     def backward_G_scoring_once(self, lab, share, classes=None):
         """backward_G where D scores the fake batch once, for both losses; D's running statistics
         still advance as in the reference's three passes (fake, real, fake), by a replay. The
         generator's gradients pass through D to a detached copy of the fake batch and on into G,
         the same sums as one backward pass; D's weight gradients are left for backward_D.
-        Returns the losses of both networks and D's scores."""
+        Returns (loss.GeneratorLoss, loss.DiscriminatorLoss)."""
         L, ab = lab[:, :1], lab[:, 1:]
         with self.compute.autocast:
             fake_ab, fake, head = self.fake_batch(self.G_run, L)
@@ -220,14 +240,14 @@ class ColorizationGAN:
             # (and so how D's weight gradients add up), as the reference's D step's two passes did.
             real_logits = self.D(lab)
             replay_fake_batch()
-            g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_logits, head, classes)
+            g_loss = self.generator_loss(ab, fake_ab, fake_logits, head, classes)
             d_loss = self.discriminator_loss(real_logits, fake_logits)
         self.opt_g.zero_grad(set_to_none=True)
-        scaled = self.scaler.scale(g_loss * share)
+        scaled = self.scaler.scale(g_loss.total * share)
         # backward(inputs=...), not autograd.grad: FlopCounterMode's module tracker takes no leaf in grad().
         torch.autograd.backward(scaled, inputs=[fake_in], retain_graph=True)
         torch.autograd.backward([scaled, fake], [None, fake_in.grad], inputs=list(self.G.parameters()))
-        return g_adv, g_l1, g_loss, real_logits, fake_logits, d_loss
+        return g_loss, d_loss
 
     def backward_D(self, d_loss, share):
         self.opt_d.zero_grad(set_to_none=True)
@@ -244,49 +264,31 @@ class ColorizationGAN:
             fake_ab, *head = G(L, with_logits=True)
         return fake_ab, torch.cat([L, fake_ab.to(L.dtype)], dim=1), head
 
-    def generator_losses(self, G, D, lab, classes=None):
+    def generator_pass(self, G, D, lab, classes=None):
+        """G colours the batch's lightness, D scores the result: a GeneratorPass."""
         L, ab = lab[:, :1], lab[:, 1:]
         fake_ab, fake, head = self.fake_batch(G, L)
         fake_scores = D(fake)
-        g_adv, g_l1, g_loss = self.generator_loss_terms(ab, fake_ab, fake_scores, head, classes)
-        return fake_ab, fake, fake_scores, g_adv, g_l1, g_loss
+        return GeneratorPass(fake_ab, fake, fake_scores, self.generator_loss(ab, fake_ab, fake_scores, head, classes))
 
-    def generator_loss_terms(self, ab, fake_ab, fake_scores, head=None, classes=None):
-        """(adversarial, L1, total); the L1 reported is always the plain mean |ab error| of the
-        decoded ab. The total's reconstruction term: the L1 (weighted per pixel under
-        --rebalance), or a distribution head's cross-entropy (plus its regression's L1); with
-        --class_loss W, plus W times the class logits' cross-entropy (images without a class,
-        -1, left out)."""
-        hinge = self.args.adv_loss == 'hinge'
-        g_adv = remedies.hinge_g_loss(fake_scores) if hinge else bce(fake_scores, 1.0)
-        errors = (ab - fake_ab.float()).abs()
-        g_l1 = errors.mean()
-        logits, regressed, class_logits = head if head is not None else (None, None, None)
-        if logits is not None:
-            l1_term = self.ab_classes.cross_entropy(logits, ab)
-            if regressed is not None:
-                l1_term = l1_term + (ab - regressed.float()).abs().mean()
-        else:
-            l1_term = g_l1 if self.pixel_weights is None else (errors * self.pixel_weights(ab)).mean()
-        g_loss = (1 - self.args.l1_weight) * g_adv + self.args.l1_weight * l1_term
-        if class_logits is not None and classes is not None:
-            g_loss = g_loss + self.class_weight * F.cross_entropy(class_logits.float(), classes, ignore_index=-1)
-        return g_adv, g_l1, g_loss
+    def generator_loss(self, ab, fake_ab, fake_scores, head=None, classes=None):
+        """loss.generator_loss under this GAN's config, bins, pixel weights and class weight."""
+        return loss.generator_loss(ab, fake_ab, fake_scores, self.train_config, head, classes, self.ab_classes,
+                                   self.pixel_weights, self.class_weight)
 
-    def discriminator_loss(self, real_logits, fake_logits):
-        if self.args.adv_loss == 'hinge':
-            return remedies.hinge_d_loss(real_logits, fake_logits)
-        return bce(real_logits, self.args.smoothing) + bce(fake_logits, 0.0)
+    def discriminator_loss(self, real_scores, fake_scores):
+        """loss.discriminator_loss under this GAN's config."""
+        return loss.discriminator_loss(real_scores, fake_scores, self.train_config.adv_loss,
+                                       self.train_config.smoothing)
 
-    def discriminator_losses(self, D, lab, fake, fake_scores=None):
-        """With `fake_scores` (eval mode, where D is a fixed function) D's score of the fake batch
-        is the one the generator's loss used; in training mode D runs again, as in the reference
+    def discriminator_pass(self, D, lab, fake, fake_scores=None):
+        """D scores the real and the fake batch: its loss (loss.DiscriminatorLoss). With
+        `fake_scores` (eval mode, where D is a fixed function) D's score of the fake batch is the
+        one the generator's loss used; in training mode D runs again, as in the reference
         (batch-norm statistics and the spectral-norm power iteration advance once per pass)."""
         with self.compute.autocast:
-            real_logits = D(lab)
-            fake_logits = D(fake) if fake_scores is None else fake_scores
-            d_loss = self.discriminator_loss(real_logits, fake_logits)
-        return real_logits, fake_logits, d_loss
+            real_scores = D(lab)
+            return self.discriminator_loss(real_scores, D(fake) if fake_scores is None else fake_scores)
 
     # ------------------------------------------------------------ evaluation
 
@@ -297,18 +299,18 @@ class ColorizationGAN:
         self.D.eval()
         try:
             with self.compute.autocast:
-                fake_ab, fake, fake_scores, g_adv, g_l1, g_loss = self.generator_losses(G, self.D, lab, classes)
-            real_logits, fake_logits, d_loss = self.discriminator_losses(self.D, lab, fake, fake_scores.detach())
+                generated = self.generator_pass(G, self.D, lab, classes)
+            d_loss = self.discriminator_pass(self.D, lab, generated.fake, generated.fake_scores.detach())
         finally:
             self.D.train()
-        return batch_sums(lab, g_adv, g_l1, g_loss, d_loss, real_logits, fake_logits), fake_ab
+        return batch_sums(lab, generated.loss, d_loss), generated.fake_ab
 
     def eval_generator(self, train_set):
         """The generator to validate and save: the averaged weights (or the trained ones), with
         exact batch-norm statistics over a fixed sample of training images (dropout off, as at
         test time); a copy for the first process alone."""
         G_eval = distributed.unsynchronized(copy.deepcopy(self.G_ema if self.G_ema is not None else self.G))
-        return recalibrate_generator(G_eval, train_set, self.args.seed, self.compute.device, self.compute.autocast,
+        return recalibrate_generator(G_eval, train_set, self.train_config.seed, self.compute.device, self.compute.autocast,
                                      self.memory_format)
 
     # ------------------------------------------------------------ what a checkpoint holds

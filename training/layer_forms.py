@@ -103,39 +103,41 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def choose_layer_forms(gan, saved=None):
-    """The form each two-form layer of `gan`'s networks runs in: the choice `saved` in a
-    checkpoint when it was measured for the same machine and settings, else the one stored in the
-    cache (--layer_forms_cache) for the same key, else measured now and stored (--autotune
-    remeasure: measured now whatever is saved or stored). Returns the record to save (None where
-    nothing was chosen: GPUs, --autotune off) and a line that says what was chosen and where it
-    came from. Under torchrun the first process chooses and all take its choice, so that every
+def choose_layer_forms(gan, batch_size, autotune='on', cache_path=None, saved=None):
+    """The form each two-form layer of `gan`'s networks runs in, for global batches of
+    `batch_size` images: the choice `saved` in a checkpoint when it was measured for the same
+    machine and settings, else the one stored in the cache `cache_path` (--layer_forms_cache;
+    None: default_cache_path()) for the same key, else measured now and stored (`autotune`
+    'remeasure': measured now whatever is saved or stored; 'off': the fixed defaults). Returns
+    the record to save (None where nothing was chosen: GPUs, --autotune off) and a line that says
+    what was chosen and where it came from. Under torchrun the first process chooses and all take its choice, so that every
     process computes the same way."""
-    args, device, precision, procs = gan.args, gan.compute.device, gan.compute.precision, gan.procs
-    if device.type != 'cpu' or args.autotune == 'off':
+    device, precision, procs = gan.compute.device, gan.compute.precision, gan.procs
+    if device.type != 'cpu' or autotune == 'off':
         return None, "layer forms: the fixed defaults (--autotune off, or not a CPU)"
     setting = {'machine': cpu_description(), 'torch': str(torch.__version__), 'precision': precision,
-               'channels_last': gan.channels_last, 'batch_size': args.batch_size, 'processes': procs.world_size}
-    remeasure = args.autotune == 'remeasure'
+               'channels_last': gan.channels_last, 'batch_size': batch_size, 'processes': procs.world_size}
+    remeasure = autotune == 'remeasure'
     if saved and not remeasure and all(saved.get(k, 1 if k == 'processes' else None) == v for k, v in setting.items()):
         record, how = saved, 'from the checkpoint, measured on this machine'
     elif not procs.is_main:
         record, how = None, 'chosen by the first process'
     else:
-        path = getattr(args, 'layer_forms_cache', None) or default_cache_path()
+        path = cache_path or default_cache_path()
         stored = StoredChoices(path)
-        cache_key = json.dumps(dict(setting, batch_share=args.batch_size // procs.world_size,
+        cache_key = json.dumps(dict(setting, batch_share=batch_size // procs.world_size,
                               networks=networks_signature(gan)), sort_keys=True)
         record = None if remeasure else stored.get(cache_key, gan)
         how = f'from the layer-form cache {path}'
     if procs.is_main and record is None:
         started = time.time()
-        n = min(args.batch_size // procs.world_size, AUTOTUNE_IMAGES)  # this process's part of a batch
+        n = min(batch_size // procs.world_size, AUTOTUNE_IMAGES)  # this process's part of a batch
         record = dict(setting)
         # A generator of its own: the run's random state must not depend on whether it measured.
         images = torch.Generator().manual_seed(0)
         for key, model, channels in (('generator', gan.G, 1), ('discriminator', gan.D, 3)):
-            sample = torch.randn(n, channels, args.image_size, args.image_size, generator=images).contiguous(
+            size = gan.model_config.image_size
+            sample = torch.randn(n, channels, size, size, generator=images).contiguous(
                 memory_format=gan.memory_format)
             chosen = convolutions.choose_forms(model, sample, gan.compute.autocast)
             record[key] = {name: form for name, (form, _, _) in chosen.items()}

@@ -1,11 +1,14 @@
-"""The flags of a training run (train.py's command line): names, defaults, ranges and checks."""
+"""The flags of a training run (train.py's command line): names, defaults, ranges and checks, and
+the two configs they make (configs_from_args), which are all the library takes of them."""
 import sys
 
 from dataset import DATASETS
-from models import AB_HEADS, DEFAULT_BLEND, DEFAULT_TEMPERATURE, DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES
+from models import (AB_HEADS, DEFAULT_BLEND, DEFAULT_TEMPERATURE, DISCRIMINATOR_NORMS, GENERATOR_NORMS, IMAGE_SIZES,
+                    ModelConfig)
 from core.cli import OneLineArgumentParser, add_compute_flags, number_in
 from metrics.classifier import DEFAULT_PATH as CLASSIFIER_PATH
 from storage.checkpoints import STEP_CHECKPOINTS_KEPT
+from training.config import TrainConfig
 from training.layer_forms import CACHE_ENV
 
 DESCRIPTION = "Train the colorization GAN of Nazeri et al. (2018) on CIFAR-10 or on a folder of photographs."
@@ -168,3 +171,9 @@ def parse_training_args(argv=None):
     if args.max_epoch <= args.start_epoch:
         p.error(f"--max_epoch {args.max_epoch} must be greater than --start_epoch {args.start_epoch}")
     return args
+
+
+def configs_from_args(args):
+    """(models.ModelConfig, training.config.TrainConfig) of parse_training_args's flags."""
+    flags = vars(args)
+    return ModelConfig.from_flags(flags), TrainConfig.from_flags(flags)

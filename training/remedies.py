@@ -9,7 +9,7 @@ loss), needs no pretrained network and no extra pass of either network:
   training/ab_bins.py computes them for the distribution head too;
 - `colorfulness_of_images` with a threshold: BigColor drops training images whose colourfulness
   is below 15 (about 10% of its data);
-- `hinge_d_loss`, `hinge_g_loss`: BigColor's adversarial loss.
+- BigColor's hinge adversarial loss is in training/loss.py, with the other losses.
 """
 import numpy as np
 import torch
@@ -80,14 +80,3 @@ def drop_dull_images(train_set, threshold):
     lines = [f"{values[i]:.2f}\t{image_name(train_set, i)}\n" for i in np.flatnonzero(below)]
     return train_set.subset(np.flatnonzero(~below)), lines, len(values)
 
-
-# ---------------------------------------------------------------- the hinge loss
-
-def hinge_d_loss(real_logits, fake_logits):
-    """BigColor's discriminator hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
-    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
-
-
-def hinge_g_loss(fake_logits):
-    """The generator's side of the hinge loss: -mean(D(fake))."""
-    return -fake_logits.float().mean()

@@ -136,6 +136,86 @@ def test_the_previous_releases_checkpoints_resume_score_colorize_and_export(tiny
     assert colorized['old'] == colorized['old_checkpoint'] == colorized['converted']
 
 
+def test_a_checkpoint_records_the_configs_and_a_previous_releases_gives_them_from_its_flags(tmp_path):
+    """The configs go into the checkpoint as plain dicts and come back equal; without them (the
+    previous release wrote only `args`), they are derived from the saved flags, the flags added
+    since taking their defaults."""
+    from models import ModelConfig
+    from training.config import TrainConfig
+    from training.gan import ColorizationGAN
+    model = ModelConfig(disc_norm='spectral', gen_dropout=0.25, class_context=True)
+    training = TrainConfig(class_loss=0.5, smoothing=1.0, seed=3)
+    gan = ColorizationGAN(model, training, n_classes=10)
+    flags = {'gen_norm': 'batch', 'disc_norm': 'spectral', 'gen_dropout': 0.25, 'class_loss': 0.5,
+             'smoothing': 1.0, 'seed': 3, 'save_path': str(tmp_path)}
+    path = str(tmp_path / 'c.pt')
+    checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(gan, 0, 0, 1, flags, [torch.get_rng_state()],
+                                                                      None))
+    ckpt = checkpoints.load_checkpoint(path)
+    assert ckpt['model_config'] == model.to_dict() and ckpt['train_config'] == training.to_dict()
+    assert checkpoints.model_config_of(ckpt) == model and TrainConfig.from_dict(ckpt['train_config']) == training
+    previous = {key: value for key, value in ckpt.items() if key not in ('model_config', 'train_config')}
+    assert checkpoints.model_config_of(previous) == model
+    assert TrainConfig.from_flags(previous['args']) == training
+    assert checkpoints.model_config_of({'args': {'gen_norm': 'instance'}}) == ModelConfig(gen_norm='instance')
+    # and the GAN resumes from it, the same weights back
+    again = ColorizationGAN(model, training, n_classes=10)
+    torch.nn.init.zeros_(next(again.G.parameters()))
+    assert checkpoints.restore_training(previous, path, again) == (1, 0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(again.G.parameters(), gan.G.parameters()))
+
+
+@pytest.mark.parametrize('first, then', [(['--class_loss', '0.5'], []), ([], ['--class_loss', '0.5'])],
+                         ids=['with-then-without', 'without-then-with'])
+def test_resuming_with_or_without_the_class_context_is_one_line_naming_class_loss(tiny_cifar, tmp_path, first, then):
+    """--class_loss adds the class context's layers to the generator: a checkpoint resumes only
+    under the same choice, and the error says which flag differs and what to do."""
+    ck = str(tmp_path / 'ck')
+    r = run_train(train_command(tiny_cifar, ck, '--max_steps', '1', '--val_batches', '1', *first))
+    assert r.returncode == 0, r.stderr
+    r = run_train(train_command(tiny_cifar, ck, '--max_steps', '2', '--val_batches', '1', '--resume', 'latest', *then))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert '--class_loss' in r.stderr and 'start a new --save_path' in r.stderr and 'state_dict' not in r.stderr
+
+
+def test_a_run_resumes_under_another_dropout_which_changes_no_shape(tiny_cifar, tmp_path):
+    ck = str(tmp_path / 'ck')
+    assert run_train(train_command(tiny_cifar, ck, '--max_steps', '1', '--val_batches', '1')).returncode == 0
+    r = run_train(train_command(tiny_cifar, ck, '--max_steps', '2', '--val_batches', '1', '--resume', 'latest',
+                                '--gen_dropout', '0'))
+    assert r.returncode == 0, r.stderr
+    assert 'resuming from' in r.stdout and 'step 1' in r.stdout
+
+
+def test_a_mid_epoch_generator_file_of_a_folder_run_keeps_its_data_and_colorizes_as_its_checkpoint(tiny_folder,
+                                                                                                   tmp_path):
+    """A generator file records its run's data set and path (train.py's and export.py's), so that
+    colorize.py computes a mid-epoch generator's batch-norm statistics on the run's own training
+    images: the same pictures as from the checkpoint it was exported from."""
+    ck = str(tmp_path / 'ck')
+    r = run_train(train_command(tiny_folder, ck, '--dataset', 'folder', '--image_size', '64', '--num_workers', '0',
+                                '--max_steps', '2', '--save_steps', '1', '--val_batches', '1'))
+    assert r.returncode == 0, r.stderr
+    for_use = checkpoints.load_checkpoint(os.path.join(ck, 'generator_ep0.safetensors'))
+    assert for_use['args']['dataset'] == 'folder' and for_use['args']['data_path'] == tiny_folder
+    step_checkpoint = os.path.join(ck, 'checkpoint_step1.pt')
+    exported = str(tmp_path / 'g.safetensors')
+    r = run_in_process(export.main, [step_checkpoint, '--out', exported])
+    assert r.returncode == 0 and 'mid-epoch' in r.stdout, r.stderr
+    run_args = checkpoints.load_checkpoint(exported)['args']
+    assert run_args['dataset'] == 'folder' and run_args['data_path'] == tiny_folder
+
+    photos = tmp_path / 'pictures'
+    photos.mkdir()
+    cv2.imwrite(str(photos / 'a.png'), cv2.resize(smooth_images(1, seed=4)[0], (90, 70)))
+    for generator, out in ((step_checkpoint, 'from_checkpoint'), (exported, 'from_file')):
+        r = run_in_process(colorize.main, ['--checkpoint', generator, str(photos), '--output', str(tmp_path / out),
+                                           '--data_path', tiny_folder, '--precision', 'fp32'])
+        assert r.returncode == 0, r.stderr
+        assert 'computing its exact batch-norm statistics' in r.stdout
+    assert (tmp_path / 'from_checkpoint' / 'a.png').read_bytes() == (tmp_path / 'from_file' / 'a.png').read_bytes()
+
+
 # The space a full-disk message names: "... the <what> <file> needs N MB in <folder> (F MB free)" or
 # "(the disk filled up while writing)".
 DISK_FULL = re.compile(r'the disk is full: the (?:checkpoint|generator file) (\S+) needs ([\d,]+) MB in (.+?) '

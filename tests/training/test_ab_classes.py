@@ -1,6 +1,7 @@
 """The colour-distribution head (training/ab_classes.py, models.ColourDistributionHead): the bins
-the training images use, soft-encoded targets, the annealed mean, rebalancing, the cross-entropy,
-and a generator with each head through train.py, its files, test.py, colorize.py and export.py."""
+the training images use, soft-encoded targets, the annealed mean, rebalancing, and a generator
+with each head through train.py, its files, test.py, colorize.py and export.py (its cross-entropy:
+tests/training/test_loss.py)."""
 import json
 import os
 
@@ -71,18 +72,6 @@ def test_the_rebalancing_weights_average_one_under_the_smoothed_prior_and_favour
     assert weights[smoothed.argmin()] == weights.max() and weights[smoothed.argmax()] == weights.min()
     flat = ab_bins.rebalancing_weights(classes.prior, classes.centres, 1.0)
     assert torch.allclose(flat, torch.ones_like(flat), atol=1e-9)  # lambda 1: every colour alike
-
-
-def test_the_cross_entropy_is_the_soft_targets_against_the_log_softmax_weighted_by_the_nearest_bin():
-    classes, images = classes_of()
-    ab = images.lab[:2].permute(0, 3, 1, 2)[:, 1:]
-    logits = torch.randn(2, len(classes), 8, 8)
-    targets = classes.soft_targets(ab)
-    by_hand = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
-    assert classes.cross_entropy(logits, ab).item() == pytest.approx(by_hand.mean().item(), rel=1e-5)
-    weighted = AbClasses(classes.ab_prior, lam=0.5)
-    w = weighted.weights[targets.argmax(dim=1)]
-    assert weighted.cross_entropy(logits, ab).item() == pytest.approx((by_hand * w).mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize('head', ['classify', 'both'])

@@ -13,7 +13,7 @@ from training import distributed
 from core.cli import Compute
 from conftest import lab_batch
 from training.gan import ColorizationGAN
-from training.options import parse_training_args
+from training.options import configs_from_args, parse_training_args
 
 
 def free_port():
@@ -52,19 +52,20 @@ def one_process_checkpoint(path):
     """A mid-epoch checkpoint as one process writes it (step 7, batch 2 of epoch 0) of a run with
     --seed 5, holding other weights than a GAN built with --seed 5 starts with."""
     args = parse_training_args(['--seed', '5', '--channels_last', 'off'])
-    gan = ColorizationGAN(parse_training_args(['--seed', '1', '--channels_last', 'off']))
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--seed', '1', '--channels_last', 'off'])))
     checkpoints.save_checkpoint(path, checkpoints.training_checkpoint(
-        gan, epoch=0, batches_done=2, step=7, args=args, rng_states=[torch.manual_seed(123).get_state()],
+        gan, epoch=0, batches_done=2, step=7, flags=vars(args), rng_states=[torch.manual_seed(123).get_state()],
         layer_forms=None))
     return path
 
 
 def _resume_worker(procs, checkpoint):
     args = parse_training_args(['--seed', '5', '--channels_last', 'off'])
-    gan = ColorizationGAN(args, procs=procs)  # as train.py builds it: other weights than the checkpoint's
+    # as train.py builds it: other weights than the checkpoint's
+    gan = ColorizationGAN(*configs_from_args(args), procs=procs)
     ckpt = torch.load(checkpoint, weights_only=True)
     differed = not all(torch.equal(v, ckpt['generator_train'][k]) for k, v in gan.G.state_dict().items())
-    position = checkpoints.restore_training(ckpt, checkpoint, args, gan)
+    position = checkpoints.restore_training(ckpt, checkpoint, gan)
     distributed.restore_random_state(ckpt, procs, args.seed)
     expected_rng = ckpt['rng'] if procs.is_main else \
         torch.Generator().manual_seed(distributed.process_seed(5, procs.rank, 7)).get_state()
@@ -137,7 +138,7 @@ def _step_worker(procs, cases, lab):
 
 def gan_in_fp64(args, procs=None):
     """The GAN of `args` (seeded by its --seed) in fp64, with plain SGD for its optimizers."""
-    gan = ColorizationGAN(args, Compute(torch.device('cpu'), 'fp32'), procs)
+    gan = ColorizationGAN(*configs_from_args(args), Compute(torch.device('cpu'), 'fp32'), procs)
     gan.G.double(), gan.D.double()
     gan.opt_g, gan.opt_d = (torch.optim.SGD(net.parameters(), lr=0.1) for net in (gan.G, gan.D))
     return gan

@@ -1,4 +1,7 @@
-"""The GAN under training (training/gan.py): its step, its losses, its schedule."""
+"""The GAN under training (training/gan.py): its step, its losses, its schedule; docs/usage.md's
+example of it built from Python."""
+import os
+import re
 
 import numpy as np
 import pytest
@@ -6,9 +9,9 @@ import torch
 
 from training import gan as gan_module
 from core.cli import Compute
-from conftest import assert_unchanged, cpu_precisions, everything_a_step_changes, lab_batch
+from conftest import ROOT, assert_unchanged, cpu_precisions, everything_a_step_changes, lab_batch
 from training.gan import ColorizationGAN, learning_rate, summarize
-from training.options import parse_training_args
+from training.options import configs_from_args, parse_training_args
 
 
 def fixed_batch(n=16):
@@ -18,7 +21,7 @@ def fixed_batch(n=16):
 def contiguous_gan(*flags):
     """A GAN of these flags on the CPU in fp32, its networks in the contiguous memory format
     (seeded by --seed, 0 by default, as train.py builds it)."""
-    return ColorizationGAN(parse_training_args(['--channels_last', 'off', *flags]))
+    return ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', *flags])))
 
 
 @pytest.mark.parametrize('disc_norm', ['batch', 'spectral'])
@@ -93,7 +96,7 @@ def test_a_step_reads_no_number_back(monkeypatch):
 
 def test_the_gan_runs_with_its_defaults_alone():
     """No autocast, device or process group to pass: the defaults are a CPU in fp32, one process."""
-    g = ColorizationGAN(parse_training_args([]))
+    g = ColorizationGAN(*configs_from_args(parse_training_args([])))
     assert g.compute == Compute(torch.device('cpu'), 'fp32') and not g.procs.distributed
     sums, fake_ab = g.evaluate(g.G.eval(), fixed_batch(4))
     assert fake_ab.shape == (4, 2, 32, 32) and sums[-1].item() == 4
@@ -102,7 +105,8 @@ def test_the_gan_runs_with_its_defaults_alone():
 
 def test_no_default_argument_is_an_object_built_at_import():
     import inspect
-    for module in (gan_module,):
+    from training import config, loss
+    for module in (gan_module, loss, config):
         for _, obj in inspect.getmembers(module, inspect.isclass):
             for _, fn in inspect.getmembers(obj, inspect.isfunction):
                 for p in inspect.signature(fn).parameters.values():
@@ -130,7 +134,7 @@ def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_fo
     batches = [torch.nn.functional.interpolate(lab_batch(4, seed=s), size=(size, size)) for s in (1, 2, 3)]
     results = []
     for once in (False, True):
-        gan = ColorizationGAN(args, Compute(torch.device('cpu'), precision))
+        gan = ColorizationGAN(*configs_from_args(args), Compute(torch.device('cpu'), precision))
         assert gan.scores_fake_once
         gan.scores_fake_once = once
         passes = []
@@ -144,7 +148,7 @@ def test_scoring_the_fake_batch_once_trains_the_reference_three_pass_step_bit_fo
 
 def test_a_spectral_norm_discriminator_keeps_its_three_passes():
     """Its power iteration advances at every pass, so its second score of the fake batch differs."""
-    gan = ColorizationGAN(parse_training_args(['--disc_norm', 'spectral', '--batch_size', '4']))
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--disc_norm', 'spectral', '--batch_size', '4'])))
     passes = []
     gan.D.register_forward_hook(lambda *_: passes.append(1))
     gan.step(fixed_batch(4).contiguous(memory_format=gan.memory_format), 1)
@@ -157,7 +161,7 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
     """Also where an activation follows a matrix-product layer directly (the spectral recipe's
     D.down4): the activations that run in place must not touch a custom function's output."""
     from core import convolutions
-    gan = ColorizationGAN(parse_training_args(['--disc_norm', disc_norm, '--batch_size', '4']),
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--disc_norm', disc_norm, '--batch_size', '4'])),
                           Compute(torch.device('cpu'), precision))
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     for model in (gan.G, gan.G_ema, gan.D):
@@ -169,23 +173,25 @@ def test_every_discriminator_norm_trains_with_every_layer_in_its_matrix_product_
 
 
 def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_images():
-    gan = ColorizationGAN(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25']), n_classes=10)
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '0.25'])),
+                          n_classes=10)
     plain = contiguous_gan()
     lab, classes = fixed_batch(8), torch.tensor([0, 3, 9, -1, 2, 2, 5, 7])
     gan.G.eval(), plain.G.eval()
     with torch.no_grad():
         ab, _, _, class_logits = gan.G(lab[:, :1], with_logits=True)
         scores = gan.D(torch.cat([lab[:, :1], ab], 1))
-        with_classes = gan.generator_loss_terms(lab[:, 1:], ab, scores, (None, None, class_logits), classes)
-        without = plain.generator_loss_terms(lab[:, 1:], ab, scores)
+        with_classes = gan.generator_loss(lab[:, 1:], ab, scores, (None, None, class_logits), classes)
+        without = plain.generator_loss(lab[:, 1:], ab, scores)
     # the image without a class (-1) is left out of the mean
     labelled = classes >= 0
     by_hand = -torch.log_softmax(class_logits[labelled], 1)[torch.arange(7), classes[labelled]].mean()
-    assert with_classes[:2] == without[:2]
-    assert (with_classes[2] - without[2]).item() == pytest.approx(0.25 * by_hand.item(), rel=1e-5)
+    assert with_classes.adversarial == without.adversarial and with_classes.l1 == without.l1
+    assert (with_classes.total - without.total).item() == pytest.approx(0.25 * by_hand.item(), rel=1e-5)
     # and steps with the labels train the class prediction towards them (a heavier weight, to see it in 15
     # steps; measured in training mode, as the batch statistics of so few steps are not yet the running ones)
-    gan = ColorizationGAN(parse_training_args(['--channels_last', 'off', '--class_loss', '5']), n_classes=10)
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', '--class_loss', '5'])),
+                          n_classes=10)
     losses = []
     for step in range(1, 16):
         gan.step(lab, step, classes=classes)
@@ -197,7 +203,27 @@ def test_the_class_loss_adds_its_weight_times_the_cross_entropy_of_the_labelled_
 
 def test_the_networks_are_built_with_their_candidate_layers_two_form_and_the_average_too():
     from core.convolutions import two_form_layers
-    gan = ColorizationGAN(parse_training_args(['--disc_norm', 'spectral']))
+    gan = ColorizationGAN(*configs_from_args(parse_training_args(['--disc_norm', 'spectral'])))
     products = ['down4.model.0', 'down5.model.0', 'up1.model.0', 'up2.model.0']
     assert sorted(two_form_layers(gan.G)) == products and sorted(two_form_layers(gan.G_ema)) == products
     assert sorted(two_form_layers(gan.D)) == ['down4.model.0']
+
+
+def usage_example():
+    """The Python block of docs/usage.md's "From Python" section, as written there."""
+    text = open(os.path.join(ROOT, 'docs', 'usage.md')).read()
+    section = text[text.index('\n## From Python\n'):]
+    return re.search(r'```python\n(.*?)```', section, re.S).group(1)
+
+
+def test_the_usage_example_builds_the_gan_from_configs_and_steps(capsys):
+    """docs/usage.md's example runs as written (so it cannot rot) and trains: the generator's
+    weights move, and the losses it prints are finite."""
+    namespace = {}
+    exec(compile(usage_example(), 'docs/usage.md', 'exec'), namespace)
+    gan = namespace['gan']
+    assert gan.model_config.disc_norm == 'spectral' and not gan.scores_fake_once
+    untrained = ColorizationGAN(namespace['model_config'], namespace['train_config'])
+    assert not all(torch.equal(a, b) for a, b in zip(gan.G.parameters(), untrained.G.parameters()))
+    printed = capsys.readouterr().out
+    assert "'g_l1'" in printed and 'nan' not in printed

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import assert_unchanged, everything_a_step_changes, lab_batch
-from training import gan as gan_module
+from training import loss
 from training.gan import ColorizationGAN
 from training.nan_watch import NonFiniteLoss
-from training.options import parse_training_args
+from training.options import configs_from_args, parse_training_args
 
 
 def fixed_batch(n=16):
@@ -15,7 +15,7 @@ def fixed_batch(n=16):
 
 
 def contiguous_gan(*flags):
-    return ColorizationGAN(parse_training_args(['--channels_last', 'off', *flags]))
+    return ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off', *flags])))
 
 
 class FakeGPUTensor(torch.Tensor):
@@ -29,10 +29,10 @@ class FakeGPUTensor(torch.Tensor):
 def poison(monkeypatch, poisoned):
     """Make the named network's loss NaN, found only after the generator's backward pass; returns
     a function that undoes it."""
-    bce = gan_module.bce
+    bce = loss.bce
     target = 1.0 if poisoned == 'generator' else 0.0
-    monkeypatch.setattr(gan_module, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
-    return lambda: monkeypatch.setattr(gan_module, 'bce', bce)
+    monkeypatch.setattr(loss, 'bce', lambda logits, t: bce(logits, t) * (float('nan') if t == target else 1.0))
+    return lambda: monkeypatch.setattr(loss, 'bce', bce)
 
 
 @pytest.mark.parametrize('poisoned', ['generator', 'discriminator'])
@@ -40,7 +40,8 @@ def poison(monkeypatch, poisoned):
 @pytest.mark.parametrize('where', ['device', 'host'])
 def test_a_skipped_step_leaves_networks_optimizers_scaler_and_average_as_they_were(where, poisoned, disc_norm,
                                                                                    monkeypatch):
-    g = ColorizationGAN(parse_training_args(['--nan_policy', 'skip', '--disc_norm', disc_norm, '--channels_last', 'off']))
+    args = parse_training_args(['--nan_policy', 'skip', '--disc_norm', disc_norm, '--channels_last', 'off'])
+    g = ColorizationGAN(*configs_from_args(args))
     assert g.nan_watch.on_device  # the fused optimizers take the skip on the device
     g.nan_watch.on_device = where == 'device'  # 'host': as with a gradient scaler or unfused optimizers
     lab = fixed_batch(4)
@@ -111,7 +112,7 @@ def test_under_the_stop_policy_on_the_device_the_non_finite_step_and_the_next_ar
 
 
 def test_a_non_finite_loss_is_caught_whatever_device_it_is_on():
-    g = ColorizationGAN(parse_training_args(['--channels_last', 'off']))
+    g = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off'])))
     g.nan_watch.on_device = False  # the check that reads the losses back, as with a gradient scaler
     nan_on_gpu = torch.Tensor._make_subclass(FakeGPUTensor, torch.tensor(float('nan')))
     assert nan_on_gpu.device.type == 'cuda'

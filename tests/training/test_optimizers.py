@@ -9,7 +9,7 @@ import torch
 from conftest import lab_batch
 from training import optimizers
 from training.gan import ColorizationGAN
-from training.options import parse_training_args
+from training.options import configs_from_args, parse_training_args
 
 
 def channels_last_weights(seed=1):
@@ -92,11 +92,11 @@ def test_moments_saved_with_channels_last_load_into_contiguous_weights_under_tor
     """The CUDA path's optimizer (torch's own Adam, fused) meeting a checkpoint of a CPU run,
     whose weights and moments were channels-last: the moments take the weights' layout."""
     lab = lab_batch(4, seed=5)
-    cpu_run = ColorizationGAN(parse_training_args(['--channels_last', 'on']))
+    cpu_run = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'on'])))
     cpu_run.step(lab.contiguous(memory_format=torch.channels_last), 1)
     saved = cpu_run.opt_g.state_dict()
     assert any(v.dim() == 4 and not v.is_contiguous() for s in saved['state'].values() for v in s.values())
-    gpu_like = ColorizationGAN(parse_training_args(['--channels_last', 'off']))
+    gpu_like = ColorizationGAN(*configs_from_args(parse_training_args(['--channels_last', 'off'])))
     opt = optimizers.LaidOutAdam(gpu_like.G.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=True)
     opt.load_state_dict(saved)
     for p in gpu_like.G.parameters():

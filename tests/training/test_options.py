@@ -69,3 +69,19 @@ def test_a_bad_flag_ends_with_one_line(flags, words, tmp_path):
     r = run_in_process(train.main, ['--save_path', str(tmp_path / 'ck'), *flags])
     assert r.returncode != 0 and 'Traceback' not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
+
+
+def test_the_configs_of_the_default_flags_are_the_configs_defaults_and_a_recipe_sets_its_fields():
+    """configs_from_args is all the library takes of the flags: the defaults agree, and each
+    recipe's flags land in the config that holds them."""
+    from models import ModelConfig
+    from training.config import TrainConfig
+    from training.options import configs_from_args
+    assert configs_from_args(parse_training_args([])) == (ModelConfig(), TrainConfig())
+    model, training = configs_from_args(parse_training_args(['--recipe', 'spectral', '--class_loss', '0.25',
+                                                             '--ab_head', 'both', '--seed', '7']))
+    assert model == ModelConfig(disc_norm='spectral', ab_head='both', class_context=True)
+    assert training == TrainConfig(smoothing=1.0, l1_weight=0.985, base_lr_gen=2e-4, base_lr_disc=2e-4,
+                                   lr_decay_steps=4e4, class_loss=0.25, seed=7)
+    model, _ = configs_from_args(parse_training_args(['--dataset', 'folder', '--apply_weight_init', '1']))
+    assert model.image_size == 256 and model.apply_weight_init is True
