@@ -17,12 +17,12 @@ Lab) with each of --loader_workers DataLoader workers, and for each whether it k
 step. --baseline is CIFAR-10's only.
 """
 import contextlib
+import dataclasses
 import itertools
 import os
 import statistics
 import sys
 import tempfile
-import dataclasses
 import time
 import warnings
 

@@ -60,10 +60,10 @@ def parse_args(argv=None):
     p.add_argument('--chroma_gain', type=number_in(float, 0), default=1.0, metavar='S',
                    help="the saturation dial: multiply the predicted ab by S (kept in the network's range) before "
                         "the colours are joined with each picture's lightness (default: 1)")
-    p.add_argument('--data_path', default='./data',
+    p.add_argument('--data_path', default=None,
                    help="where the model's training data is, for a mid-epoch checkpoint's exact batch-norm "
                         "statistics, computed on the images its run trained on (without those train.py --holdout "
-                        "kept out) (default: ./data)")
+                        "kept out) (default: the path its run recorded, else ./data)")
     add_decoding_flags(p)
     add_compute_flags(p)
     return p.parse_args(argv)
@@ -311,7 +311,8 @@ def main(argv=None):
     targets = output_paths(images, args.output, args.compare)
 
     def training_images(run_args):  # those the run trained on, as test.py takes them
-        return dataset.split_holdout(dataset.open_split(run_args.get('dataset', 'cifar10'), args.data_path, True,
+        data_path = args.data_path or run_args.get('data_path') or './data'
+        return dataset.split_holdout(dataset.open_split(run_args.get('dataset', 'cifar10'), data_path, True,
                                                         run_args['image_size']), run_args.get('holdout', 0))[0]
     G, run_args = checkpoints.generator_for_use(args.checkpoint, compute, training_images)
     used = decoding.in_use(G, run_args, args.temperature, args.blend)

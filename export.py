@@ -67,13 +67,16 @@ def main(argv=None):
     ckpt = checkpoints.load_checkpoint(args.checkpoint)
     G, exact, run_args = checkpoints.load_generator(args.checkpoint, 'cpu', ckpt)  # proves the tensors build a generator
     config = checkpoints.generator_config(run_args)
+    # a previous release's checkpoint recorded its flags alone: its model config comes from them
+    model_config = ckpt.get('model_config') or (checkpoints.model_config_of(ckpt).to_dict()
+                                                if checkpoints.saved_flags(ckpt) else None)
     if args.folder:
         utils.check_writable_folder(args.folder, '--folder')
     # The run's data travels with the generator: a mid-epoch one's statistics are computed from it.
     checkpoints.save_generator_weights(out, G.state_dict(), config, ckpt.get('epoch'), ckpt.get('step'),
                                        run_args.get('seed', 0), exact, run_args.get('holdout', 0),
                                        run_args.get('dataset'), run_args.get('data_path'),
-                                       ckpt.get('model_config'), ckpt.get('train_config'), run_args.get('decoding'))
+                                       model_config, ckpt.get('train_config'), run_args.get('decoding'))
     if args.folder:
         card_config = modelcard.folder_config(config, run_args, ckpt)
         utils.write_json(os.path.join(args.folder, 'config.json'), card_config)

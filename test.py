@@ -166,7 +166,6 @@ def images_to_score(args, image_size, holdouts, pin_memory):
     return dataset.split_holdout(training, holdouts[0])[1], f'the last {holdouts[0]} training images (held out)'
 
 
-
 class Scoring:
     """The scores of every generator and the baseline, overall and per class (metrics/evaluation.py,
     as train.py's validation scores), and the pictures the grids and --pick draw from, gathered

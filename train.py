@@ -286,8 +286,6 @@ def train_epoch(run, epoch, start_batch, stop):
     batches_done = start_batch
     for idx, lab in bar:
         lab = lab.contiguous(memory_format=gan.memory_format)
-        if args.color_enhance != 1:
-            lab = remedies.enhance_colors(lab, args.color_enhance)
         global_images = min(args.batch_size, len(run.train_set) - batches_done * args.batch_size)
         run.step += 1
         try:

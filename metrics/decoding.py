@@ -60,11 +60,12 @@ def score_settings(G, images, settings, device, autocast, judge=None, batch_size
     evaluation = Evaluation(images.class_names, judge, judge_truth=judge is not None and judge.truth not in judge.features)
     for idx, lab, truth in images.batches(batch_size, device=device, with_rgb=True):
         L = lab[:, :1]
-        with autocast:
-            _, logits, regressed, *_ = G(L, with_logits=True)
         colorizations = {}
-        for temperature, blend in settings:
-            ab = head.decode(logits, regressed, torch.tensor(temperature), None if blend is None else torch.tensor(blend))
+        with autocast:  # the decoding as G's own forward runs it, in the run's precision
+            _, logits, regressed, *_ = G(L, with_logits=True)
+            decoded = [head.decode(logits, regressed, torch.tensor(temperature),
+                                   None if blend is None else torch.tensor(blend)).float() for temperature, blend in settings]
+        for (temperature, blend), ab in zip(settings, decoded):
             colorizations[setting_name(temperature, blend)] = ab, pictures.network_to_rgb(L, ab)
         evaluation.add(lab, truth, images.labels[idx.numpy()], colorizations)
     scored = []

@@ -19,6 +19,8 @@ def folder_config(generator_config, run_args, ckpt):
         'epoch': ckpt.get('epoch'), 'step': ckpt.get('step'), 'seed': run_args.get('seed', 0),
         'exact_statistics': ckpt.get('generator_exact_statistics', True),
         'provenance': ckpt.get('provenance'),
+        # the run's configs as its files recorded them (a previous release's: none)
+        **{key: ckpt[key] for key in ('model_config', 'train_config') if isinstance(ckpt.get(key), dict)},
         **({'decoding': {k: run_args['decoding'].get(k) for k in ('temperature', 'blend', 'source', 'rule')}}
            if isinstance(run_args.get('decoding'), dict) else {}),
     }

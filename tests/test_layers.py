@@ -189,3 +189,16 @@ def test_the_namespace_check_finds_each_kind_of_read(tmp_path):
     path = tmp_path / 'm.py'
     path.write_text("def f(args):\n    return args.seed, getattr(args, 'x', 0), args[0], other.args\n")
     assert namespace_reads(str(path)) == ['2: args.seed', "2: getattr(args, 'x', 0)"]
+
+
+def test_the_networks_colour_scale_is_coded_in_core_pictures_alone():
+    """core/pictures.py holds the network scale of a and b (/127); a second 127 elsewhere would
+    drift from it unseen (training/remedies.py had its own AB_SCALE = 127.0)."""
+    found = []
+    for name, path in library_files():
+        if name == 'core.pictures':
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value == 127:
+                found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert not found, f"the colour scale 127 coded outside core/pictures.py: {', '.join(found)}"

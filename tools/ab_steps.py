@@ -90,7 +90,7 @@ def checkout(commit, folder):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('old'), p.add_argument('new')
-    p.add_argument('--recipe', choices=tuple(RECIPES), default='default',
+    p.add_argument('--recipe', choices=('default', 'spectral'), default='default',
                    help="train.py's flags of the default run or of the reference's spectral-norm recipe")
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--precision', default='auto')

@@ -47,7 +47,7 @@ def parse_args(argv=None):
                    default=list(DEFAULT_TEMPERATURES), metavar='T',
                    help=f"the temperatures tried (default: {' '.join(map(str, DEFAULT_TEMPERATURES))})")
     p.add_argument('--blends', type=number_in(float, 0, 1), nargs='+', default=None, metavar='W',
-                   help="for a generator with both heads, the blends tried (default: the one it was trained with)")
+                   help="for a generator with both heads, the blends tried (default: the one its file decodes at)")
     p.add_argument('--max_gap', type=number_in(float, 0), default=3.0,
                    help="the colourfulness gap a setting may leave (the issue's goal: 3) (default: 3)")
     p.add_argument('--save_path', default='decoding', help='where the scores and decoding.md go (default: decoding)')

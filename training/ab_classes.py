@@ -33,7 +33,6 @@ class AbClasses:
         self.ab_prior = prior
         self.centres = prior.centres.to(device)
         self.prior = prior.prior
-        self.lam = lam
         self.weights = None if lam is None else prior.weights(lam).float().to(device)
         self._centres_lab = self.centres * AB_RANGE
         # For each grid cell, the bins of the WINDOW x WINDOW cells around it (row-major offsets),
@@ -52,11 +51,6 @@ class AbClasses:
     def from_training_set(cls, train_set, lam=None, device='cpu', seed=0, enhance=1.0):
         """The bins of ab_bins' 26 x 26 grid over [-130, 130) that the training targets' ab use."""
         return cls(ab_bins.AbPrior.from_training_set(train_set, seed, enhance), lam, device)
-
-    @classmethod
-    def from_state(cls, state, lam=None, device='cpu'):
-        """The bins a checkpoint recorded (`state`), whatever data the run now sees."""
-        return cls(ab_bins.AbPrior.from_state(state), lam, device)
 
     def state(self):
         """What a checkpoint records: the bins' centres and the prior (ab_bins.AbPrior.state)."""

@@ -14,8 +14,11 @@ class TrainConfig:
     - the losses and their weights: l1_weight, smoothing (the discriminator's real label under
       bce), adv_loss ('bce' or 'hinge'), class_loss (the class context's cross-entropy weight);
     - the learning rates and their schedule, and the averaged generator's decay;
-    - the remedies that change the targets or the loss: rebalance (lambda, or None) and
-      color_enhance (1 is off);
+    - the remedies that change the targets or the loss: color_enhance (1 is off; the step
+      enhances the targets it is given) and rebalance (lambda, or None; the L1's pixel weights
+      come from the training images, which the GAN never sees: set gan.pixel_weights to
+      training.remedies.RebalanceWeights.from_training_set(images, lambda), or its step refuses
+      to train; a distribution head's weights come with its ab_classes);
     - how a step runs without changing what it computes: channels_last ('auto', 'on', 'off') and
       nan_policy ('stop', 'skip');
     - seed, which draws the weights (the networks are built after torch.manual_seed(seed)), and

@@ -21,7 +21,7 @@ import models
 from core.calibration import recalibrate_generator
 from core.convolutions import swap_in_two_form_layers
 from core.cli import Compute
-from training import distributed, loss
+from training import distributed, loss, remedies
 from training.nan_watch import NanWatch
 from training.optimizers import adam
 
@@ -118,6 +118,10 @@ class ColorizationGAN:
         if model_config.class_context != bool(n_classes):
             raise ValueError(f"a class context (ModelConfig.class_context {model_config.class_context}) takes the "
                              f"training images' number of classes, n_classes (given {n_classes})")
+        if (model_config.ab_head != 'regress') != (ab_classes is not None):
+            raise ValueError(f"ab_head {model_config.ab_head!r} takes the training images' ab bins (ab_classes="
+                             f"training.ab_classes.AbClasses.from_training_set(images)) and the regression head none "
+                             f"(given {'none' if ab_classes is None else len(ab_classes)})")
         self.model_config, self.train_config = model_config, train_config
         self.compute = compute or Compute(torch.device('cpu'), 'fp32')
         self.procs = procs or distributed.Processes()
@@ -187,6 +191,11 @@ class ColorizationGAN:
         the step is applied as computed (weights may turn non-finite), as are the steps after it,
         until the caller reads the watch back (train.py: every --log_steps steps, before a
         checkpoint, at the epoch's end) and stops, naming this step, with nothing after it saved."""
+        if self.train_config.rebalance is not None and self.ab_classes is None and self.pixel_weights is None:
+            raise ValueError("rebalance is set but the L1's pixel weights are not: set gan.pixel_weights = "
+                             "training.remedies.RebalanceWeights.from_training_set(images, rebalance) first")
+        if self.train_config.color_enhance != 1:  # DDColor's targets; validation keeps the truth
+            lab = remedies.enhance_colors(lab, self.train_config.color_enhance)
         self.set_learning_rates(step)
         # DistributedDataParallel averages the processes' gradients; this weight makes that
         # average the gradient of the global batch's mean losses.

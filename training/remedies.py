@@ -13,7 +13,6 @@ loss), needs no pretrained network and no extra pass of either network:
 """
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metrics import scores
 from training import ab_bins
@@ -79,4 +78,3 @@ def drop_dull_images(train_set, threshold):
     below = values < threshold  # False for NaN
     lines = [f"{values[i]:.2f}\t{image_name(train_set, i)}\n" for i in np.flatnonzero(below)]
     return train_set.subset(np.flatnonzero(~below)), lines, len(values)
-

@@ -52,6 +52,16 @@ def test_the_weights_are_zhang_et_al_s_formula_computed_by_hand():
     assert torch.allclose(prior.weights(1.0), torch.ones(3, dtype=torch.float64))
 
 
+def test_the_rebalancing_weights_average_one_under_the_smoothed_prior_and_favour_rare_colours():
+    classes = AbClasses.from_training_set(random_images())
+    smoothed = ab_bins.smoothed_prior(classes.prior, classes.centres)
+    weights = ab_bins.rebalancing_weights(classes.prior, classes.centres, 0.5)
+    assert float((smoothed * weights).sum()) == pytest.approx(1.0)
+    assert weights[smoothed.argmin()] == weights.max() and weights[smoothed.argmax()] == weights.min()
+    flat = ab_bins.rebalancing_weights(classes.prior, classes.centres, 1.0)
+    assert torch.allclose(flat, torch.ones_like(flat), atol=1e-9)  # lambda 1: every colour alike
+
+
 def test_the_l1_and_the_cross_entropy_weigh_every_training_pixel_alike():
     images = random_images()
     prior = AbPrior.from_training_set(images)

@@ -64,16 +64,6 @@ def test_the_annealed_mean_is_the_expectation_at_one_and_the_likeliest_bin_as_th
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-3
 
 
-def test_the_rebalancing_weights_average_one_under_the_smoothed_prior_and_favour_rare_colours():
-    classes, _ = classes_of()
-    smoothed = ab_bins.smoothed_prior(classes.prior, classes.centres)
-    weights = ab_bins.rebalancing_weights(classes.prior, classes.centres, 0.5)
-    assert float((smoothed * weights).sum()) == pytest.approx(1.0)
-    assert weights[smoothed.argmin()] == weights.max() and weights[smoothed.argmax()] == weights.min()
-    flat = ab_bins.rebalancing_weights(classes.prior, classes.centres, 1.0)
-    assert torch.allclose(flat, torch.ones_like(flat), atol=1e-9)  # lambda 1: every colour alike
-
-
 @pytest.mark.parametrize('head', ['classify', 'both'])
 def test_a_generator_with_a_distribution_head_trains_and_goes_through_its_files_test_colorize_and_export(
         head, tiny_cifar, tmp_path):

@@ -227,3 +227,27 @@ def test_the_usage_example_builds_the_gan_from_configs_and_steps(capsys):
     assert not all(torch.equal(a, b) for a, b in zip(gan.G.parameters(), untrained.G.parameters()))
     printed = capsys.readouterr().out
     assert "'g_l1'" in printed and 'nan' not in printed
+
+
+def test_the_gan_refuses_a_config_it_cannot_honour_and_enhances_its_targets_itself():
+    """A head without its bins, or rebalancing without the L1's pixel weights, is refused in words
+    that say what to pass; color_enhance is applied by the step: a step on the true batch with
+    color_enhance 1.2 is the step on the enhanced batch without it."""
+    from models import ModelConfig
+    from training.config import TrainConfig
+    from training.remedies import enhance_colors
+    with pytest.raises(ValueError, match='ab_classes'):
+        ColorizationGAN(ModelConfig(ab_head='classify'), TrainConfig())
+    gan = ColorizationGAN(ModelConfig(), TrainConfig(rebalance=0.5, channels_last='off'))
+    with pytest.raises(ValueError, match='pixel_weights'):
+        gan.step(lab_batch(4), 1)
+    lab = lab_batch(4, seed=7)
+    # each built (seeding its weights and the dropout masks after) and stepped in turn
+    enhanced = ColorizationGAN(ModelConfig(), TrainConfig(color_enhance=1.2, channels_last='off'))
+    enhanced.step(lab, 1)
+    by_hand = ColorizationGAN(ModelConfig(), TrainConfig(channels_last='off'))
+    by_hand.step(enhance_colors(lab, 1.2), 1)
+    assert all(torch.equal(a, b) for a, b in zip(enhanced.G.parameters(), by_hand.G.parameters()))
+    plain = ColorizationGAN(ModelConfig(), TrainConfig(channels_last='off'))
+    plain.step(lab, 1)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.G.parameters(), by_hand.G.parameters()))
