@@ -23,6 +23,7 @@ from core import pictures
 from core.cli import Compute, UserError, pick_device, run_cli
 from metrics import classifier, curves, decoding
 from metrics.evaluation import Evaluation
+from metrics.measures import BY_KEY
 from storage import checkpoints, provenance
 from training import distributed, remedies
 from training.gan import STAT_NAMES, ColorizationGAN, summarize
@@ -548,15 +549,18 @@ def summary_line(epoch, phase, m, seconds):
 
 
 def colour_line(epoch, colour):
-    """The validation's colour scores, with the true and the grey images' beside them."""
-    line = (f"[epoch {epoch} val  ] colorfulness {colour['colorfulness']:.2f} (truth {colour['truth_colorfulness']:.2f}), "
-            f"gap {colour['colorfulness_gap']:.2f}")
+    """The validation's colour scores, each written as metrics/measures.py writes it, with the true
+    and the grey images' beside them."""
+    def text(key, scores=colour):
+        return BY_KEY[key].text(scores[key])
+    line = (f"[epoch {epoch} val  ] colorfulness {text('colorfulness')} (truth "
+            f"{BY_KEY['colorfulness'].text(colour['truth_colorfulness'])}), gap {text('colorfulness_gap')}")
     if 'semantic_accuracy' in colour:
         truth, grey = colour['bounds']['truth'], colour['bounds']['grey']
-        line += (f" | semantic accuracy {100 * colour['semantic_accuracy']:.1f}% (true colours "
-                 f"{100 * truth['semantic_accuracy']:.1f}%, grey {100 * grey['semantic_accuracy']:.1f}%)")
+        line += (f" | semantic accuracy {text('semantic_accuracy')} (true colours "
+                 f"{text('semantic_accuracy', truth)}, grey {text('semantic_accuracy', grey)})")
         if 'classifier_fd' in colour:
-            line += f" | classifier FD {colour['classifier_fd']:.2f} (grey {grey['classifier_fd']:.2f})"
+            line += f" | classifier FD {text('classifier_fd')} (grey {text('classifier_fd', grey)})"
     return line
 
 
