@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from metrics.measures import BY_KEY, MEASURES as EVERY_MEASURE  # noqa: E402
+from training.options import RECIPES  # noqa: E402
 
 # The ablation list: name -> (recipe, extra flags). Each remedy alone on the spectral recipe, then
 # combinations; the batch-norm recipe for reference. BigColor's learning rates ride with hinge.
@@ -46,7 +47,8 @@ RUNS = {
                                               '--min_colorfulness', '15']),
     'all four': ('spectral', ['--rebalance', '0.5', '--color_enhance', '1.2', '--min_colorfulness', '15',
                               '--adv_loss', 'hinge']),
-    # the recipe the ablation chose (enhance+filter by name), to reproduce its row
+    # --recipe vivid as it is now (the 2026-12-07 confirmation's choice); enhance+filter is what vivid was
+    # from 2026-12-04 to 2026-12-07
     'vivid': ('vivid', []),
     # a distribution over colours instead of their median (train.py --ab_head), under either discriminator
     'classify': ('spectral', ['--ab_head', 'classify']),
@@ -126,7 +128,8 @@ def test_command(args, name, checkpoint, folder, decoding=()):
 
 
 def has_distribution_head(name):
-    return '--ab_head' in RUNS[name][1]
+    recipe, flags = RUNS[name]
+    return '--ab_head' in RECIPES[recipe] + flags
 
 
 def choose_decoding_command(args, checkpoint, folder):

@@ -21,11 +21,14 @@ RECIPES = {
                  '--base_lr_disc', '2e-4', '--lr_decay_steps', '4e4', '--disc_norm', 'spectral',
                  '--apply_weight_init', '0'],
 }
-# The ablation's choice (docs/notes/2026-12-04-scores-ablation-gpu.md): DDColor's colour-enhanced
-# targets and BigColor's colourfulness filter on the spectral recipe. No combination reached all
-# three goals at 2 epochs; this one came nearest (half the spectral recipe's colourfulness gap, 7%
-# more mean |ab error|); the rebalancing runs closed the gap only at 27% more error.
-RECIPES['vivid'] = RECIPES['spectral'] + ['--color_enhance', '1.2', '--min_colorfulness', '15']
+# The colour-distribution recipe the 2-epoch confirmation chose (docs/notes/2026-12-07-confirmation.md):
+# Zhang et al.'s distribution over ab bins, rebalanced, on the batch-norm recipe (whose discriminator
+# gave the better classifier FD in every table); the last 2,000 training images held out, on which the
+# run chooses its temperature at each epoch's end (the fallback, before a choice or with --holdout 0,
+# is the confirmation's choice). Until 2026-12-07 vivid was the spectral recipe with
+# --color_enhance 1.2 --min_colorfulness 15 (those flags still give it).
+RECIPES['vivid'] = RECIPES['batchnorm'] + ['--ab_head', 'classify', '--rebalance', '0.5', '--holdout', '2000',
+                                       '--temperature', '0.38']
 
 
 def training_parser():
@@ -108,9 +111,11 @@ def training_parser():
                         "(default: weights/cifar10_classifier.safetensors)")
     p.add_argument('--recipe', choices=tuple(RECIPES), default=None,
                    help="a named recipe's flags as defaults (flags given beside it win): batchnorm and spectral, "
-                        "the reference's two published command lines; vivid, the spectral one with colour-enhanced "
-                        "targets (1.2) and without the dullest training images (colourfulness below 15), the "
-                        "ablation's choice (docs/) (default: none)")
+                        "the reference's two published command lines; vivid, this project's: the batch-norm one with "
+                        "a distribution of colours (--ab_head classify --rebalance 0.5) whose temperature the run "
+                        "chooses on the last 2,000 training images it holds out (--holdout 2000; --temperature "
+                        "0.38 until the first choice), the 2-epoch confirmation's choice (docs/notes) (default: "
+                        "none)")
     p.add_argument('--holdout', type=number_in(int, 0, None), default=0, metavar='N',
                    help="keep the last N training images out of training: the validation split on which test.py "
                         "--split holdout and tools/choose_decoding.py choose a temperature or blend, never the "

@@ -61,3 +61,10 @@ def test_an_unknown_run_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'ablation.py'), '--only', 'magic'],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and 'magic' in r.stderr.splitlines()[-1]
+
+
+def test_a_head_given_by_its_recipe_has_its_decoding_chosen_as_one_given_by_flags():
+    tool = command_line('tools/ablation')
+    heads = {name for name in tool.RUNS if tool.has_distribution_head(name)}
+    assert {'vivid', 'classify', 'classify+rebalance (batch norm)'} <= heads
+    assert not heads & {'spectral', 'batchnorm', 'enhance+filter', 'rebalance'}

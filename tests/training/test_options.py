@@ -42,12 +42,17 @@ def test_without_a_recipe_the_defaults_are_the_reference_and_the_remedies_are_of
     assert (args.color_enhance, args.rebalance, args.min_colorfulness, args.adv_loss) == (1.0, None, None, 'bce')
 
 
-def test_vivid_is_the_spectral_recipe_with_enhanced_targets_and_the_colourfulness_filter():
-    assert RECIPES['vivid'][:len(RECIPES['spectral'])] == RECIPES['spectral']
+def test_vivid_is_the_confirmed_distribution_head_with_its_holdout_and_temperature_and_the_old_vivid_is_flags():
+    base = RECIPES['batchnorm']
+    assert RECIPES['vivid'][:len(base)] == base
     vivid = parse_training_args(['--recipe', 'vivid'])
-    assert vivid.disc_norm == 'spectral' and vivid.l1_weight == 0.985 and vivid.max_epoch == 100
-    assert vivid.color_enhance == 1.2 and vivid.min_colorfulness == 15 and vivid.rebalance is None
-    assert vivid.adv_loss == 'bce' and vivid.recipe == 'vivid'
+    assert (vivid.ab_head, vivid.rebalance, vivid.holdout, vivid.temperature) == ('classify', 0.5, 2000, 0.38)
+    assert (vivid.disc_norm, vivid.max_epoch, vivid.l1_weight, vivid.recipe) == ('batch', 200, 0.99, 'vivid')
+    assert (vivid.color_enhance, vivid.min_colorfulness, vivid.adv_loss) == (1.0, None, 'bce')
+    assert parse_training_args(['--recipe', 'vivid', '--holdout', '16']).holdout == 16  # a flag beside it wins
+    old = parse_training_args(['--recipe', 'spectral', '--color_enhance', '1.2', '--min_colorfulness', '15'])
+    assert (old.disc_norm, old.l1_weight, old.color_enhance, old.min_colorfulness, old.ab_head) == (
+        'spectral', 0.985, 1.2, 15, 'regress')
 
 
 @pytest.mark.parametrize('flags, words', [
