@@ -1,6 +1,6 @@
 """The confirmation's tables from the committed runs (NAME/seedS/metrics.json beside this file):
 every measure as the mean of the seeds ± half their range, then colourfulness per class (mean
-of the seeds). Each run's row is test.py's at the decoding its run chose (a head at its
+of the seeds, a class a column). Each run's row is test.py's at the decoding its run chose (a head at its
 temperature), no dial turned.
 
     python docs/notes/2026-12-07-confirmation/table.py [RUN=LABEL ...]
@@ -13,8 +13,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', '..'))
 from metrics.measures import MEASURES as EVERY_MEASURE  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNS = {'batchnorm': 'batch norm', 'spectral': 'spectral', 'classify+rebalance': 'classify+rebalance',
-        'classify+rebalance_batch_norm_': 'classify+rebalance (batch norm)'}
+RUNS = {'batchnorm': 'batch norm', 'spectral': 'spectral', 'classify+rebalance': 'classify+rebalance, spectral',
+        'classify+rebalance_batch_norm_': '**vivid**: classify+rebalance, batch norm'}
 MEASURES = [m for m in EVERY_MEASURE if m.key != 'fid']
 
 
@@ -53,16 +53,14 @@ def main(argv):
             for m in MEASURES) + ' |')
     classes = list(any_run['per_class']['ground truth'])
     print('\nColourfulness per class (mean of the seeds):\n')
-    print('| class | truth | ' + ' | '.join(labels[f] for f in done) + ' |')
-    print('|---' * (len(done) + 2) + '|')
-    for c in classes:
-        per_run = []
-        for folder, runs in done.items():
-            values = [m['per_class'][next(iter(m['checkpoints']))][c]['colorfulness'] for m in runs]
-            per_run.append(f'{sum(values) / len(values):.1f}')
-        print(f"| {c} | {any_run['per_class']['ground truth'][c]['colorfulness']:.1f} | "
-              + ' | '.join(per_run) + ' |')
-
+    print('| | ' + ' | '.join(classes) + ' |')
+    print('|---' * (len(classes) + 1) + '|')
+    print('| truth | ' + ' | '.join(f"{any_run['per_class']['ground truth'][c]['colorfulness']:.1f}" for c in classes)
+          + ' |')
+    for folder, runs in done.items():
+        label = next(iter(runs[0]['checkpoints']))
+        means = [sum(m['per_class'][label][c]['colorfulness'] for m in runs) / len(runs) for c in classes]
+        print(f'| {labels[folder]} | ' + ' | '.join(f'{v:.1f}' for v in means) + ' |')
 
 if __name__ == '__main__':
     main(sys.argv[1:])
